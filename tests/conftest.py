@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NOTELAB_LAB_DATA_DIR", str(ROOT / ".notelab-test"))
 os.environ.setdefault("NOTELAB_MODELS_STORE", str(ROOT / ".notelab" / "models"))
 os.environ.setdefault("NOTELAB_PROGRESS", "none")
+# a replica is ~3 GB besides its KV cache; 1 GiB of cache (~55k tokens) is plenty for tests, and keeps the
+# shared pair, one test's own worker and a failing start inside 24 GB
+os.environ.setdefault("NOTELAB_WORKERS_CPU_KVCACHE_GIB", "1")
 
 SHARED = "test-shared"
 _started: list[str] = []
@@ -61,10 +64,11 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _started:
-        from notelab.workers import stop_worker
+    if _started:  # the test registry is ours alone: stop whatever a failed test left in it too
+        from notelab.workers import stop_all
 
-        stop_worker(_started.pop())
+        stop_all(timeout=10)
+        _started.clear()
 
 
 @pytest.fixture(scope="session")

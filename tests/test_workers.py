@@ -67,7 +67,7 @@ def test_bad_vllm_argument_leaves_nothing():
     before, procs = names(), vllm_pids()
     with pytest.raises(WorkerStartError) as e:
         launch_worker(name="badarg", replicas=2, extra_args=["--no-such-flag"])
-    assert "exited with code 2 while starting" in str(e.value)
+    assert "exited with code 2 while starting: error: unrecognized arguments: --no-such-flag" in str(e.value)
     assert "unrecognized arguments: --no-such-flag" in e.value.log_tail
     assert e.value.log_path.exists() and ".failed" in str(e.value.log_path)  # the whole log is kept
     assert names() == before and vllm_pids() == procs
@@ -145,20 +145,24 @@ def test_lifecycle_on_a_given_port_and_down_leaves_no_process():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = subprocess.run([NOTELAB, "worker", "up", "--name", "life", "--port", str(port), "--json",
-                        "--", "--max-num-seqs", "4"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    w = json.loads(r.stdout)
-    assert w["state"] == "ready" and w["replicas"][0]["port"] == port and w["extra_args"] == ["--max-num-seqs", "4"]
-    assert w["endpoint"] == f"http://127.0.0.1:{port}/v1"
-    pid = w["replicas"][0]["pid"]
-    family = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
-    assert len(family) >= 2  # the API server and its engine core
-    log = "\n".join(worker_logs("life", lines=200))
-    assert "--max-num-seqs 4" in log and "Application startup complete" in log
-    assert notelab.connect("life").ask("Hi", max_tokens=4) is not None
-    r = subprocess.run([NOTELAB, "worker", "down", "life"], capture_output=True, text=True)
-    assert r.returncode == 0 and "stopped life" in r.stdout
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in family)
-    assert "life" not in names()
-    assert not (Path(os.environ["NOTELAB_LAB_DATA_DIR"]) / "workers" / "life").exists()
+    try:
+        r = subprocess.run([NOTELAB, "worker", "up", "--name", "life", "--port", str(port), "--json",
+                            "--", "--max-num-seqs", "4"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        w = json.loads(r.stdout)  # progress goes to stderr: stdout is the JSON alone
+        assert w["state"] == "ready" and w["replicas"][0]["port"] == port
+        assert w["extra_args"] == ["--max-num-seqs", "4"] and w["endpoint"] == f"http://127.0.0.1:{port}/v1"
+        pid = w["replicas"][0]["pid"]
+        family = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+        assert len(family) >= 2  # the API server and its engine core
+        log = "\n".join(worker_logs("life", lines=400))
+        assert "--max-num-seqs 4" in log and "Application startup complete" in log
+        assert notelab.connect("life").ask("Hi", max_tokens=4) is not None
+        r = subprocess.run([NOTELAB, "worker", "down", "life"], capture_output=True, text=True)
+        assert r.returncode == 0 and "stopped life" in r.stdout
+        assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in family)
+        assert "life" not in names()
+        assert not (Path(os.environ["NOTELAB_LAB_DATA_DIR"]) / "workers" / "life").exists()
+    finally:
+        if "life" in names():
+            stop_worker("life")

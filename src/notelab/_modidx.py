@@ -176,6 +176,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'notelab.workers.launch_worker': ('workers.html#launch_worker', 'notelab/workers.py'),
                                  'notelab.workers.list_workers': ('workers.html#list_workers', 'notelab/workers.py'),
                                  'notelab.workers.replica_state': ('workers.html#replica_state', 'notelab/workers.py'),
+                                 'notelab.workers.root_cause': ('workers.html#root_cause', 'notelab/workers.py'),
                                  'notelab.workers.scale_worker': ('workers.html#scale_worker', 'notelab/workers.py'),
                                  'notelab.workers.stop_all': ('workers.html#stop_all', 'notelab/workers.py'),
                                  'notelab.workers.stop_worker': ('workers.html#stop_worker', 'notelab/workers.py'),
