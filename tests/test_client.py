@@ -22,23 +22,32 @@ def test_chat(client):
     assert r.usage.completion_tokens > 0 and r.choices[0].message.content.strip()
 
 
-def test_chat_prompt_is_gemma_turns(client):
-    # what the model sees: one <bos>, the turn tokens as single special tokens, the system text in the user turn
+def test_chat_prompt_is_a_plain_dialogue(client):
+    # what the model sees: one <bos>, the system text first, then User:/Assistant: lines
     import httpx
     url, key = client.pool.acquire()
     client.pool.release(url)
     r = httpx.post(url[:-3] + "/tokenize", headers={"Authorization": f"Bearer {key}"}, json={
         "model": client.model, "add_generation_prompt": True, "return_token_strs": True,
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}).json()
-    assert r["token_strs"][:4] == ["<bos>", "<start_of_turn>", "user", "\n"]
-    assert r["token_strs"][-3:] == ["<start_of_turn>", "model", "\n"] and r["token_strs"].count("<bos>") == 1
+    assert r["token_strs"][:2] == ["<bos>", "Be"] and r["token_strs"].count("<bos>") == 1
+    assert r["token_strs"][-2:] == ["Assistant", ":"] and "User" in r["token_strs"]
 
 
-def test_end_of_turn_stops_a_reply(client):
-    # force <end_of_turn> (id 106) as the first token: it must end the reply, not appear in it
-    r = client.chat.completions.create(model=client.model, max_tokens=20, temperature=0, logit_bias={"106": 100},
+def test_a_reply_ends_at_its_line_end(client):
+    # force "\n" (id 107) as the first token: it must end the reply, not appear in it
+    r = client.chat.completions.create(model=client.model, max_tokens=20, temperature=0, logit_bias={"107": 100},
                                        messages=[{"role": "user", "content": "Hi"}])
     assert (r.choices[0].finish_reason, r.choices[0].message.content, r.usage.completion_tokens) == ("stop", "", 1)
+    r = client.chat.completions.create(model=client.model, max_tokens=60, temperature=0,
+                                       messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert r.choices[0].finish_reason == "stop" and "\n" not in r.choices[0].message.content
+
+
+def test_ignore_eos_gives_long_completions(client):
+    r = client.completions.create(model=client.model, prompt="Once upon a time", max_tokens=40, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 40
 
 
 def test_completions_start_with_bos(client):

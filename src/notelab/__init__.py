@@ -15,7 +15,7 @@ from notelab.workers import get_worker, launch_worker, list_workers, scale_worke
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/index.ipynb #003167c0
+# %% ../../nbs/index.ipynb #7535f017
 __version__ = "0.1.0"
 
 from .client import connect

@@ -115,6 +115,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'notelab.models.check_hf_folder': ('models.html#check_hf_folder', 'notelab/models.py'),
                                 'notelab.models.folder_digest': ('models.html#folder_digest', 'notelab/models.py'),
                                 'notelab.models.list_models': ('models.html#list_models', 'notelab/models.py'),
+                                'notelab.models.newline_token_ids': ('models.html#newline_token_ids', 'notelab/models.py'),
                                 'notelab.models.parse_ref': ('models.html#parse_ref', 'notelab/models.py'),
                                 'notelab.models.pull_model': ('models.html#pull_model', 'notelab/models.py'),
                                 'notelab.models.register_source': ('models.html#register_source', 'notelab/models.py'),
