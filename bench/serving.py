@@ -60,17 +60,24 @@ def main():
         r0 = get_worker(name).replicas[0]
         routed = notelab.connect(name)
         model = routed.model
-        direct = openai.AsyncOpenAI(base_url=r0.base_url, api_key=r0.api_key, timeout=600)
-        asyncio.run(run(direct, model, 4, 4, 8))  # warm-up: first requests compile and allocate
+
+        async def measure():
+            # one event loop for the whole run: async clients keep connections bound to their loop
+            direct = openai.AsyncOpenAI(base_url=r0.base_url, api_key=r0.api_key, timeout=600)
+            await run(direct, model, 4, 4, 8)  # warm-up: first requests compile and allocate
+            await run(routed.aio, model, 4, 4, 8)
+            for c in a.concurrency:
+                n = max(2 * c, 8)
+                d, t = [], []
+                for _ in range(a.rounds):
+                    d.append(await run(direct, model, c, n, a.tokens))
+                    t.append(await run(routed.aio, model, c, n, a.tokens))
+                rows.append((c, n, statistics.median(d), statistics.median(t)))
+                print(f"concurrency {c}: direct {rows[-1][2]:.1f} tok/s, notelab.connect {rows[-1][3]:.1f} tok/s",
+                      file=sys.stderr)
+
         rows = []
-        for c in a.concurrency:
-            n = max(2 * c, 8)
-            d, t = [], []
-            for _ in range(a.rounds):
-                d.append(asyncio.run(run(direct, model, c, n, a.tokens)))
-                t.append(asyncio.run(run(routed.aio, model, c, n, a.tokens)))
-            rows.append((c, n, statistics.median(d), statistics.median(t)))
-            print(f"concurrency {c}: direct {rows[-1][2]:.1f} tok/s, notelab.connect {rows[-1][3]:.1f} tok/s", file=sys.stderr)
+        asyncio.run(measure())
     finally:
         if started:
             stop_worker(name)

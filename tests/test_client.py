@@ -143,3 +143,10 @@ def test_connect_errors():
         notelab.connect("ghost")
     with pytest.raises(WorkerNotFoundError, match="no ready worker serves 'nope'"):
         notelab.connect(model="nope")
+
+
+def test_aio_across_event_loops(client):
+    async def one():
+        return await client.aio.ask("Hi", max_tokens=3)
+    assert isinstance(asyncio.run(one()), str)
+    assert isinstance(asyncio.run(one()), str)  # a second loop gets a fresh async client, not a closed one
