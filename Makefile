@@ -59,6 +59,7 @@ lab: setup
 bench: setup
 	$(NL) models pull
 	$(PY) bench/serving.py
+	$(PY) bench/rag.py
 
 lock:
 	PYTHON=$(PYTHON) envs/lock.sh

@@ -6,6 +6,7 @@ converted once per machine, not once per run.
 """
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -15,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NOTELAB_LAB_DATA_DIR", str(ROOT / ".notelab-test"))
 os.environ.setdefault("NOTELAB_MODELS_STORE", str(ROOT / ".notelab" / "models"))
 os.environ.setdefault("NOTELAB_PROGRESS", "none")
+# knowledge bases of a run live in a fresh folder: a failed test cannot leave one behind for the next run
+os.environ.setdefault("NOTELAB_RAG_KB_DIR", tempfile.mkdtemp(prefix="notelab-test-kb-"))
 # a replica is ~3 GB besides its KV cache; 1 GiB of cache (~55k tokens) is plenty for tests, and keeps the
 # shared pair, one test's own worker and a failing start inside 24 GB
 os.environ.setdefault("NOTELAB_WORKERS_CPU_KVCACHE_GIB", "1")

