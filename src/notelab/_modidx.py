@@ -146,6 +146,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'notelab.engine.check_extra_args': ('engine.html#check_extra_args', 'notelab/engine.py'),
                                 'notelab.engine.cpu_slice': ('engine.html#cpu_slice', 'notelab/engine.py'),
                                 'notelab.engine.detect_engine': ('engine.html#detect_engine', 'notelab/engine.py'),
+                                'notelab.engine.model_context': ('engine.html#model_context', 'notelab/engine.py'),
                                 'notelab.engine.plan_gpus': ('engine.html#plan_gpus', 'notelab/engine.py'),
                                 'notelab.engine.replica_launch': ('engine.html#replica_launch', 'notelab/engine.py'),
                                 'notelab.engine.visible_gpus': ('engine.html#visible_gpus', 'notelab/engine.py')},
