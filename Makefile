@@ -1,7 +1,8 @@
 # notelab: `make demo` and `make test` on a fresh machine; everything below is idempotent.
 #
 #   make setup   .venv/ with the pinned CPU (or GPU) set, the dev set and notelab (editable)
-#   make demo    set up, pull the default model, start a worker, ask it one question, stop it
+#   make demo    set up, pull the default model, start a worker, ingest the shipped corpus, run the RAG
+#                evaluation notebook as a tracked experiment, print its metrics, stop the worker
 #   make test    set up, then every test this machine can run (pytest, nbdev-test, nbval)
 #   make lab     JupyterLab with notelab
 #   make bench   benchmarks (bench/*.py), each printing a table with ratios
@@ -46,12 +47,14 @@ demo: setup
 	@$(NL) worker down demo >/dev/null 2>&1 || true
 	$(NL) worker up --name demo --replicas 1
 	@set -o pipefail; rc=0; \
-	  $(NL) chat --worker demo --max-tokens 60 "In one sentence, what is a large language model?" || rc=$$?; \
+	  corpus=$$($(PY) -c "from notelab.datasets import pydoc_corpus; print(pydoc_corpus()[0])") && \
+	  $(NL) rag ingest "$$corpus" --kb pydoc && \
+	  $(NL) run nbs/experiments/rag_eval.ipynb -p worker demo -p kb pydoc --experiment demo || rc=$$?; \
 	  $(NL) worker down demo; exit $$rc
 
 test: setup
 	$(NL) models pull
-	$(PY) -m pytest tests nbs/examples --nbval-lax --nbval-current-env -v -rs --durations=15
+	$(PY) -m pytest tests nbs/examples nbs/experiments --nbval-lax --nbval-current-env -v -rs --durations=15
 
 lab: setup
 	$(VENV)/bin/jupyter lab
@@ -60,6 +63,7 @@ bench: setup
 	$(NL) models pull
 	$(PY) bench/serving.py
 	$(PY) bench/rag.py
+	$(PY) bench/experiments.py
 
 lock:
 	PYTHON=$(PYTHON) envs/lock.sh

@@ -22,6 +22,10 @@ os.environ.setdefault("NOTELAB_RAG_KB_DIR", tempfile.mkdtemp(prefix="notelab-tes
 # shared pair, one test's own worker and a failing start inside 24 GB
 os.environ.setdefault("NOTELAB_WORKERS_CPU_KVCACHE_GIB", "1")
 
+# experiment runs of a test session start from an empty MLflow store
+for _d in ("mlflow", "runs"):
+    shutil.rmtree(ROOT / ".notelab-test" / _d, ignore_errors=True)
+
 SHARED = "test-shared"
 _started: list[str] = []
 

@@ -17,7 +17,8 @@ def test_src_matches_a_fresh_export(tmp_path):
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     subprocess.run([BIN / "nbdev-export"], cwd=tmp_path, check=True, capture_output=True)
     fresh, ours = tmp_path / "src" / "notelab", ROOT / "src" / "notelab"
-    names = sorted({p.name for p in fresh.glob("*.py")} | {p.name for p in ours.glob("*.py")})
+    names = sorted({str(p.relative_to(fresh)) for p in fresh.rglob("*.py")} |
+                   {str(p.relative_to(ours)) for p in ours.rglob("*.py")})
     differ = [n for n in names if not (fresh / n).exists() or not (ours / n).exists()
               or not filecmp.cmp(fresh / n, ours / n, shallow=False)]
     assert not differ, f"src/notelab differs from a fresh nbdev-export in {differ}: edit nbs/, run nbdev-export, commit both"
@@ -25,6 +26,7 @@ def test_src_matches_a_fresh_export(tmp_path):
 
 @pytest.mark.worker
 def test_nbdev_test(shared):
-    r = subprocess.run([BIN / "nbdev-test", "--skip-folder-re", "^examples$", "--n-workers", "2"],
+    "Every chapter's tests; the example and experiment notebooks run under nbval (and `notelab run`) instead."
+    r = subprocess.run([BIN / "nbdev-test", "--skip-folder-re", "^(examples|experiments)$", "--n-workers", "2"],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NOTELAB_TEST_WORKER": shared})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]

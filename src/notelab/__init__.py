@@ -14,7 +14,7 @@ notelab.stop_worker(w.name)
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/12_package.ipynb #21f8147f
+# %% ../../nbs/12_package.ipynb #86a65169
 __version__ = "0.1.0"
 
 _VERBS = {
@@ -24,6 +24,9 @@ _VERBS = {
     "scale_worker": "notelab.workers", "stop_worker": "notelab.workers",
     "KnowledgeBase": "notelab.rag", "ingest": "notelab.rag", "search": "notelab.rag", "ask": "notelab.rag",
     "evaluate": "notelab.rag",
+    "run": "notelab.experiments", "sweep": "notelab.experiments", "compare": "notelab.experiments",
+    "list_runs": "notelab.experiments", "log_metric": "notelab.experiments", "log_metrics": "notelab.experiments",
+    "log_examples": "notelab.experiments",
 }
 
 
