@@ -14,7 +14,7 @@ notelab.stop_worker(w.name)
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/12_package.ipynb #86a65169
+# %% ../../nbs/12_package.ipynb #c1abe2a4
 __version__ = "0.1.0"
 
 _VERBS = {
@@ -27,6 +27,8 @@ _VERBS = {
     "run": "notelab.experiments", "sweep": "notelab.experiments", "compare": "notelab.experiments",
     "list_runs": "notelab.experiments", "log_metric": "notelab.experiments", "log_metrics": "notelab.experiments",
     "log_examples": "notelab.experiments",
+    "Agent": "notelab.agents", "Pipeline": "notelab.agents", "tool": "notelab.agents",
+    "load_pipeline": "notelab.agents",
 }
 
 
