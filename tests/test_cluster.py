@@ -1,0 +1,198 @@
+"""Cluster workers and runs: manifests against the API's schemas, calls against kmock's API emulator.
+
+No cluster runs here. Every rendered object and every document the k8s/ overlays produce is checked
+with kubernetes-validate (strict); the launcher's calls go over HTTP to an emulated API server, and the
+Role in k8s/base/rbac.yaml must grant exactly the verbs and resources those calls used.
+"""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from k8s_emulator import Emulator
+from notelab.cluster import (ClusterError, ClusterWorkers, ClusterWorkerSpec, render_job, render_worker, to_yaml,
+                             validate)
+from notelab.core import LimitError, WorkerNotFoundError
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTELAB = str(Path(sys.executable).parent / "notelab")
+NS = "lab"
+LAUNCHER, ADMIN = "notelab-launcher-test", "cluster-admin-test"
+
+
+def kustomize(overlay: str) -> list[dict]:
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl (for `kubectl kustomize`) is not on this machine")
+    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "k8s" / "overlays" / overlay)], capture_output=True,
+                         text=True, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def pod_specs(objs):
+    for o in objs:
+        if o["kind"] in ("Deployment", "Job"):
+            yield o["metadata"]["name"], o["spec"]["template"]["spec"]
+
+
+def assert_restricted(name, spec):
+    "The Pod Security 'restricted' profile, field by field."
+    pod = spec.get("securityContext", {})
+    assert pod.get("runAsNonRoot") is True and pod.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+    for c in spec["containers"]:
+        sc = c.get("securityContext", {})
+        assert sc.get("allowPrivilegeEscalation") is False, (name, c["name"])
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], (name, c["name"])
+    assert not any("hostPath" in v for v in spec.get("volumes", [])), name
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2])
+def test_rendered_worker_validates(gpus):
+    spec = ClusterWorkerSpec("chat", "gemma-3-270m@1", replicas=2, gpus=gpus, namespace=NS,
+                             autoscale={"max": 4, "prometheus": "http://prometheus:9090"})
+    objs = render_worker(spec)
+    assert [o["kind"] for o in objs] == ["Secret", "Deployment", "Service", "ScaledObject"]
+    validate(objs)
+    c = objs[1]["spec"]["template"]["spec"]["containers"][0]
+    assert ("nvidia.com/gpu" in c["resources"]["limits"]) == bool(gpus)
+    assert ("--tensor-parallel-size" in c["args"]) == (gpus > 1)
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 1200
+    vols = {v["name"]: v for v in objs[1]["spec"]["template"]["spec"]["volumes"]}
+    assert vols["shm"]["emptyDir"]["medium"] == "Memory" and "persistentVolumeClaim" in vols["models"]
+    assert_restricted("worker", objs[1]["spec"]["template"]["spec"])
+    assert "vllm:num_requests_waiting" in objs[3]["spec"]["triggers"][0]["metadata"]["query"]
+
+
+def test_rendered_job_validates(tmp_path):
+    nb = tmp_path / "exp.ipynb"
+    nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    objs = render_job("exp-1", str(nb), {"k": 3}, experiment="e", namespace=NS)
+    validate(objs)
+    assert_restricted("job", objs[1]["spec"]["template"]["spec"])
+    assert objs[1]["spec"]["backoffLimit"] == 0
+
+
+def test_dry_run_prints_valid_yaml():
+    r = subprocess.run([NOTELAB, "worker", "up", "some-org/some-model", "--target", "cluster", "--dry-run",
+                        "--gpus", "2", "--replicas", "2", "--namespace", NS, "--", "--enable-prefix-caching"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    docs = list(yaml.safe_load_all(r.stdout))
+    validate(docs)
+    dep = docs[1]
+    assert dep["spec"]["replicas"] == 2 and dep["metadata"]["namespace"] == NS
+    assert dep["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--enable-prefix-caching"
+    r = subprocess.run([NOTELAB, "worker", "up", "x/y", "--target", "cluster", "--dry-run", "--gpus", "8",
+                        "--replicas", "2"], capture_output=True, text=True)
+    assert r.returncode == 1 and "[limits] max_gpus is 8" in r.stderr
+
+
+@pytest.mark.parametrize("overlay", ["dev", "gpu"])
+def test_overlays_validate_and_meet_restricted(overlay):
+    docs = kustomize(overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service",
+            "PersistentVolumeClaim", "NetworkPolicy"} <= kinds
+    validate(docs)
+    for name, spec in pod_specs(docs):
+        assert_restricted(name, spec)
+    for d in docs:
+        if d["kind"] == "Role":
+            for rule in d["rules"]:
+                assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+
+
+def _pod(name, worker, status):
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": {"app.kubernetes.io/instance": worker,
+                                                                   "app.kubernetes.io/component": "worker"}},
+            "spec": {"containers": [{"name": "vllm", "image": "x"}]}, "status": status}
+
+
+def test_launcher_against_the_api_emulator(tmp_path):
+    with Emulator() as k8s:
+        admin = client.CoreV1Api(k8s.client(ADMIN))
+        admin_apps, admin_batch = client.AppsV1Api(k8s.client(ADMIN)), client.BatchV1Api(k8s.client(ADMIN))
+        cw = ClusterWorkers(k8s.client(LAUNCHER), namespace=NS)
+
+        w = cw.launch(ClusterWorkerSpec("chat", "gemma-3-270m@1", replicas=2, gpus=1, namespace=NS))
+        assert (w.state, w.replicas, w.model) == ("starting", 2, "gemma-3-270m@1")
+        # the scheduler finds no GPU: shown with its reason, not as "starting" forever
+        admin.create_namespaced_pod(NS, _pod("chat-a", "chat", {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}))
+        w = cw.get("chat")
+        assert w.state == "unschedulable" and "Insufficient nvidia.com/gpu" in w.reason
+        admin.delete_namespaced_pod("chat-a", NS)
+        admin.create_namespaced_pod(NS, _pod("chat-b", "chat", {"phase": "Pending", "containerStatuses": [
+            {"name": "vllm", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x\""}}}]}))
+        assert cw.get("chat").state == "failed" and "ImagePullBackOff" in cw.get("chat").reason
+        admin.delete_namespaced_pod("chat-b", NS)
+        admin.create_namespaced_pod(NS, _pod("chat-c", "chat", {"phase": "Running"}))
+        admin_apps.patch_namespaced_deployment_status("chat", NS, {"status": {"readyReplicas": 2, "replicas": 2}})
+        assert cw.get("chat").state == "ready"
+        assert [x.name for x in cw.list()] == ["chat"]
+
+        k8s.logs[(NS, "chat-c")] = "INFO: Application startup complete.\n"
+        assert "startup complete" in cw.logs("chat")
+        with pytest.raises(ClusterError, match="has 1 pods"):
+            cw.logs("chat", replica=3)
+        assert cw.scale("chat", 3).replicas == 3
+        with pytest.raises(LimitError):
+            cw.scale("chat", 99)
+        cw.launch(ClusterWorkerSpec("chat", "gemma-3-270m@1", replicas=3, gpus=1, namespace=NS))  # idempotent
+        cw.stop("chat")
+        assert cw.list() == []
+        with pytest.raises(WorkerNotFoundError, match="not found in namespace 'lab'"):
+            cw.get("chat")
+
+        admin.delete_namespaced_pod("chat-c", NS)  # (the emulator has no garbage collector, nor label selectors)
+        nb = tmp_path / "exp.ipynb"
+        nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        job = cw.submit(render_job("exp-1", str(nb), {"k": 3}, experiment="e", namespace=NS))
+        assert cw.job_state(job) == ("running", "")
+        admin.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "exp-1-xyz", "namespace": NS, "labels": {"job-name": "exp-1"}},
+            "spec": {"containers": [{"name": "run", "image": "x"}]}})
+        k8s.logs[(NS, "exp-1-xyz")] = "error: exp.ipynb failed: cell 3 raised KeyError: 'k'\n"
+        admin_batch.patch_namespaced_job_status("exp-1", NS, {"status": {"failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+             "message": "Job has reached the specified backoff limit"}]}})
+        with pytest.raises(ClusterError, match=r"(?s)job exp-1 failed \(BackoffLimitExceeded.*KeyError: 'k'"):
+            cw.follow(job, poll=0.05)
+
+        used = k8s.requests(LAUNCHER)
+    # the Role grants exactly what the launcher called, and nothing else
+    called = set()
+    for r in used:
+        res = r.resource
+        plural = res.plural + (f"/{r.subresource}" if r.subresource else "")
+        verb = {"GET": "get" if r.name else "list", "POST": "create", "PATCH": "patch", "PUT": "update",
+                "DELETE": "delete" if r.name else "deletecollection"}[str(r.method).upper().split(".")[-1]]
+        called.add((res.group or "", plural, verb))
+    role = next(d for d in yaml.safe_load_all((ROOT / "k8s" / "base" / "rbac.yaml").read_text()) if d["kind"] == "Role")
+    granted = {(g, res, v) for rule in role["rules"] for g in rule["apiGroups"] for res in rule["resources"]
+               for v in rule["verbs"]}
+    assert called == granted, f"called but not granted: {sorted(called - granted)}; granted but never called: " \
+                              f"{sorted(granted - called)}"
+
+
+def test_half_made_worker_is_removed():
+    with Emulator() as k8s:
+        cw = ClusterWorkers(k8s.client(LAUNCHER), namespace=NS)
+        # the API refuses Services: the Secret and Deployment already applied must go again
+        k8s.k["patch", k8s_resource("services")] << (lambda req: (_ for _ in ()).throw(RuntimeError("refused")))
+        with pytest.raises(Exception):
+            cw.launch(ClusterWorkerSpec("chat", "gemma-3-270m@1", gpus=1, namespace=NS))
+        assert cw.list() == []
+
+
+def k8s_resource(plural):
+    import kmock
+
+    return kmock.resource("", "v1", plural)
