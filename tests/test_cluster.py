@@ -196,3 +196,67 @@ def k8s_resource(plural):
     import kmock
 
     return kmock.resource("", "v1", plural)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch):
+    "A real MLflow tracking server, as the cluster runs one."
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                          str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                          "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        monkeypatch.setenv("NOTELAB_TRACKING_MLFLOW_URI", url)
+        yield url
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def test_run_on_the_cluster_is_tracked_and_a_failed_job_marks_it(tmp_path, mlflow_server):
+    import nbformat
+    from mlflow import MlflowClient
+
+    from notelab.cluster import follow_run, submit_run
+    from notelab.experiments import ExperimentError
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("k = 5")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "exp.ipynb"
+    nbformat.write(nb, path)
+    with Emulator() as k8s:
+        cw = ClusterWorkers(k8s.client(LAUNCHER), namespace=NS)
+        with pytest.raises(ExperimentError, match="parameter 'kk' is not in exp.ipynb"):
+            submit_run(cw, str(path), {"kk": 1}, experiment="cluster-runs")
+        job, rid = submit_run(cw, str(path), {"k": 7}, experiment="cluster-runs")
+        mlc = MlflowClient(mlflow_server)
+        run = mlc.get_run(rid)
+        assert run.info.status == "RUNNING" and run.data.params["k"] == "7"
+        assert run.data.tags["notelab.job"] == f"{NS}/{job}"
+        args = client.BatchV1Api(k8s.client(ADMIN)).read_namespaced_job(job, NS).spec.template.spec.containers[0].args
+        assert args[args.index("--run-id") + 1] == rid  # the Job fills in this run, on the same server
+        client.BatchV1Api(k8s.client(ADMIN)).patch_namespaced_job_status(job, NS, {"status": {"conditions": [
+            {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "image never pulled"}]}})
+        with pytest.raises(ClusterError, match="DeadlineExceeded"):
+            follow_run(cw, job, rid, poll=0.05)
+        run = mlc.get_run(rid)
+        assert run.info.status == "FAILED" and "DeadlineExceeded" in run.data.tags["notelab.error"]

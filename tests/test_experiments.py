@@ -190,3 +190,15 @@ def test_prompt_ab_notebooks_compare(shared, experiment):
     assert d["n"] == 6 and 0 <= d["p_value"] <= 1 and d["ci"][0] <= d["delta"] <= d["ci"][1]
     r = notelab("run", PROMPT_AB, "-p", "prompt", "pirate", "-p", "worker", shared, "--experiment", experiment)
     assert r.returncode == 1 and "prompt='pirate': use one of plain, concise, teacher" in r.stderr
+
+
+def test_run_fills_in_a_run_created_elsewhere(tiny, experiment):
+    "What a cluster Job does: the submitter created the run; `notelab run --run-id` executes and completes it."
+    from notelab.experiments import check_params, start_run
+
+    _, r = start_run(tiny, check_params(tiny, {"k": 2}), experiment=experiment)
+    d = as_json(notelab("run", tiny, "-p", "k", "2", "--run-id", r.info.run_id, "--json"))
+    assert d["run_id"] == r.info.run_id and d["status"] == "FINISHED" and d["metrics"] == {"score": 2.0}
+    assert d["experiment"] == experiment and n_runs(experiment) == 1
+    r2 = notelab("run", tiny, "--run-id", r.info.run_id)  # a finished run cannot be filled in twice
+    assert r2.returncode == 1 and "is FINISHED, not RUNNING" in r2.stderr
