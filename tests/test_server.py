@@ -1,0 +1,147 @@
+"""notelab's REST API in a real Jupyter server (pytest-jupyter), with the run's real worker and MLflow store."""
+import asyncio
+import json
+import os
+import re
+
+import nbformat
+import pytest
+from tornado.httpclient import HTTPClientError
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+ENDPOINTS = [("GET", "models"), ("GET", "workers"), ("POST", "workers"), ("GET", "workers/x"),
+             ("DELETE", "workers/x"), ("POST", "workers/x/scale"), ("GET", "workers/x/logs"),
+             ("GET", "notebooks/parameters"), ("GET", "runs"), ("POST", "runs"), ("GET", "runs/x")]
+
+
+@pytest.fixture
+def jp_server_config():
+    return {"ServerApp": {"jpserver_extensions": {"notelab": True}}}
+
+
+@pytest.fixture
+def tiny(jp_root_dir):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("k = 5")
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell("from notelab.experiments import log_metric\nlog_metric('score', k * 2)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, jp_root_dir / "tiny.ipynb")
+    return "tiny.ipynb"
+
+
+async def call(jp_fetch, method, path, body=None, **kw):
+    "(status, JSON or text) without raising on 4xx."
+    if method in ("POST", "PUT") and body is None:
+        body = {}
+    try:
+        r = await jp_fetch("notelab", "api", *path.split("/"), method=method,
+                           body=None if body is None else (body if isinstance(body, str) else json.dumps(body)),
+                           allow_nonstandard_methods=True, **kw)
+    except HTTPClientError as e:
+        r = e.response
+    text = r.body.decode()
+    try:
+        return r.code, json.loads(text)
+    except ValueError:
+        return r.code, text
+
+
+async def test_no_endpoint_answers_without_the_token(jp_fetch):
+    for method, path in ENDPOINTS:
+        code, _ = await call(jp_fetch, method, path, headers={"Authorization": "token wrong"})
+        assert code == 403, (method, path, code)
+
+
+async def test_models(jp_fetch):
+    code, models = await call(jp_fetch, "GET", "models")
+    assert code == 200 and any(m["ref"].startswith("gemma-3-270m@") for m in models)
+
+
+@pytest.mark.worker
+async def test_workers_logs_and_bad_launches(jp_fetch, shared, monkeypatch):
+    code, ws = await call(jp_fetch, "GET", "workers")
+    assert code == 200 and shared in [w["name"] for w in ws]
+    code, w = await call(jp_fetch, "GET", f"workers/{shared}")
+    assert code == 200 and w["state"] in ("ready", "degraded")
+    code, w = await call(jp_fetch, "GET", "workers/nobody")
+    assert code == 404 and "nobody" in w["error"]
+
+    code, text = await call(jp_fetch, "GET", f"workers/{shared}/logs", params={"lines": "5"})
+    assert code == 200 and 0 < len(text.splitlines()) <= 5
+    code, text = await call(jp_fetch, "GET", f"workers/{shared}/logs", params={"follow": "1", "timeout": "1"})
+    assert code == 200 and text
+    code, e = await call(jp_fetch, "GET", f"workers/{shared}/logs", params={"replica": "9"})
+    assert code == 400 and e["field"] == "replica"
+
+    for body, fld, status in [({"replicas": "2"}, "replicas", 400), ({"model": "nope"}, "model", 400),
+                              ({"name": "bad name!"}, "name", 400), ({"name": shared}, "name", 409),
+                              ({"target": "mars"}, "target", 400), ({"extra_args": [1]}, "extra_args", 400),
+                              ({"replicas": 99}, "replicas", 400), ("{not json", "body", 400)]:
+        code, e = await call(jp_fetch, "POST", "workers", body)
+        assert (code, e["field"]) == (status, fld), (body, code, e)
+    monkeypatch.setenv("NOTELAB_LIMITS_MAX_WORKERS", "1")  # the shared worker is this user's one
+    code, e = await call(jp_fetch, "POST", "workers", {"name": "one-more"})
+    assert code == 403 and "max_workers" in e["error"]
+    code, e = await call(jp_fetch, "POST", f"workers/{shared}/scale", {"replicas": -1})
+    assert code == 400 and e["field"] == "replicas"
+
+
+async def test_runs_from_the_api(jp_fetch, tiny):
+    code, p = await call(jp_fetch, "GET", "notebooks/parameters", params={"path": tiny})
+    assert code == 200 and p["k"]["default"] == 5
+    code, e = await call(jp_fetch, "GET", "notebooks/parameters", params={"path": "../outside.ipynb"})
+    assert code == 400 and e["field"] == "path"
+
+    code, e = await call(jp_fetch, "POST", "runs", {"notebook": tiny, "params": {"kk": 1}})
+    assert code == 400 and e["field"] == "params.kk"
+    code, e = await call(jp_fetch, "POST", "runs", {"notebook": "../../etc/passwd"})
+    assert code == 400 and e["field"] == "notebook"
+    code, e = await call(jp_fetch, "POST", "runs", {})
+    assert code == 400 and e["field"] == "notebook"
+
+    code, r = await call(jp_fetch, "POST", "runs", {"notebook": tiny, "params": {"k": 4}, "experiment": "api-test"})
+    assert code == 202 and r["status"] == "RUNNING"
+    for _ in range(240):
+        code, run = await call(jp_fetch, "GET", f"runs/{r['run_id']}")
+        if run["status"] != "RUNNING":
+            break
+        await asyncio.sleep(0.5)
+    assert run["status"] == "FINISHED" and run["metrics"] == {"score": 8.0} and run["params"]["k"] == "4"
+    code, runs = await call(jp_fetch, "GET", "runs", params={"experiment": "api-test"})
+    assert code == 200 and [x["run_id"] for x in runs] == [r["run_id"]]
+    code, e = await call(jp_fetch, "GET", "runs/no-such-run")
+    assert code == 404 and "no run 'no-such-run'" in e["error"]
+
+
+def test_openapi_documents_every_route():
+    from pathlib import Path
+
+    import yaml
+    from notelab.server import ROUTES
+
+    doc = yaml.safe_load((Path(__file__).parents[1] / "lab_ext" / "openapi.yaml").read_text())
+    routes = {"/" + p.replace("([^/]+)", "{x}") for p, _ in ROUTES}
+    documented = {re.sub(r"\{[^}]+\}", "{x}", p) for p in doc["paths"]}
+    assert routes == documented
+    for p, h in ROUTES:
+        methods = {m for m in ("get", "post", "delete", "put", "patch") if m in h.__dict__}
+        path = next(d for d in doc["paths"] if re.sub(r"\{[^}]+\}", "{x}", d) == "/" + p.replace("([^/]+)", "{x}"))
+        assert methods == set(doc["paths"][path]) - {"parameters"}, p
+
+
+@pytest.mark.slow
+async def test_launch_and_stop_a_worker_through_the_api(jp_fetch):
+    code, r = await call(jp_fetch, "POST", "workers", {"name": "api-worker", "replicas": 1})
+    assert code == 202 and r["state"] == "starting"
+    for _ in range(600):
+        code, ws = await call(jp_fetch, "GET", "workers")
+        w = next((w for w in ws if w["name"] == "api-worker"), None)
+        if w and w["state"] in ("ready", "failed"):
+            break
+        await asyncio.sleep(1)
+    assert w["state"] == "ready", w
+    code, r = await call(jp_fetch, "DELETE", "workers/api-worker")
+    assert code == 200
+    code, ws = await call(jp_fetch, "GET", "workers")
+    assert "api-worker" not in [w["name"] for w in ws]
