@@ -85,6 +85,8 @@ async def test_workers_logs_and_bad_launches(jp_fetch, shared, monkeypatch):
     assert code == 403 and "max_workers" in e["error"]
     code, e = await call(jp_fetch, "POST", f"workers/{shared}/scale", {"replicas": -1})
     assert code == 400 and e["field"] == "replicas"
+    code, e = await call(jp_fetch, "POST", f"workers/{shared}/scale", "[1, 2]")
+    assert code == 400 and e["field"] == "body"
 
 
 async def test_runs_from_the_api(jp_fetch, tiny):
