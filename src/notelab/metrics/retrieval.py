@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['rank_scores', 'Retrieval']
 
-# %% ../../../nbs/metrics/retrieval.ipynb #105acf97
+# %% ../../../nbs/metrics/retrieval.ipynb #30e3f715
 import math
 
 import datasets
