@@ -22,9 +22,28 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || 
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test lab bench lock clean
+.PHONY: setup demo test lab bench lock clean browser
 
-setup: $(STAMP)
+LABEXT := lab_ext/labextension/package.json
+LABEXT_SRC := lab_ext/package.json lab_ext/package-lock.json lab_ext/tsconfig.json $(wildcard lab_ext/src/*.ts lab_ext/style/*)
+LABEXT_DIR := $(VENV)/share/jupyter/labextensions/notelab
+# root in containers and CI; sudo elsewhere (only to install Debian's chromium for the browser tests)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+setup: $(STAMP) $(LABEXT)
+	@# the lab finds the built extension in the venv, as a wheel install would put it
+	@mkdir -p $(dir $(LABEXT_DIR)) && ln -sfn $(CURDIR)/lab_ext/labextension $(LABEXT_DIR)
+
+# the JupyterLab extension (TypeScript), built with the npm registry's packages and the venv's jupyter-builder
+$(LABEXT): $(LABEXT_SRC) $(STAMP)
+	cd lab_ext && npm install --no-audit --no-fund --loglevel=error && PATH=$(CURDIR)/$(VENV)/bin:$$PATH npm run build
+	@touch $@
+
+# Debian's chromium, which the browser tests drive (Playwright's own downloads cannot work here)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
+	@chromium --version
 
 $(STAMP): envs/cpu.txt envs/gpu.txt envs/dev.txt pyproject.toml jupyter-config/notelab.json
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,12 +73,12 @@ demo: setup
 	  $(NL) run nbs/experiments/rag_eval.ipynb -p worker demo -p kb pydoc --experiment demo || rc=$$?; \
 	  $(NL) worker down demo; exit $$rc
 
-test: setup
+test: setup browser
 	$(NL) models pull
 	$(PY) -m pytest tests nbs/examples nbs/experiments --nbval-lax --nbval-current-env -v -rs --durations=15
 
 lab: setup
-	$(VENV)/bin/jupyter lab
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(NL) lab
 
 bench: setup
 	$(NL) models pull

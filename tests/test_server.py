@@ -11,7 +11,8 @@ from tornado.httpclient import HTTPClientError
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 ENDPOINTS = [("GET", "models"), ("GET", "workers"), ("POST", "workers"), ("GET", "workers/x"),
              ("DELETE", "workers/x"), ("POST", "workers/x/scale"), ("GET", "workers/x/logs"),
-             ("GET", "notebooks/parameters"), ("GET", "runs"), ("POST", "runs"), ("GET", "runs/x")]
+             ("GET", "workers/x/metrics"), ("GET", "notebooks/parameters"), ("GET", "runs"), ("POST", "runs"),
+             ("GET", "runs/x"), ("POST", "sweeps")]
 
 
 @pytest.fixture
@@ -51,6 +52,13 @@ async def test_no_endpoint_answers_without_the_token(jp_fetch):
     for method, path in ENDPOINTS:
         code, _ = await call(jp_fetch, method, path, headers={"Authorization": "token wrong"})
         assert code == 403, (method, path, code)
+    for method in ("GET", "POST"):  # nor a worker's endpoint through the lab
+        try:
+            r = await jp_fetch("notelab", "workers", "x", "v1", "models", method=method, body="{}" if method == "POST" else None,
+                               headers={"Authorization": "Bearer wrong"})
+        except HTTPClientError as e:
+            r = e.response
+        assert r.code == 403, (method, r.code)
 
 
 async def test_models(jp_fetch):
@@ -89,7 +97,7 @@ async def test_workers_logs_and_bad_launches(jp_fetch, shared, monkeypatch):
     assert code == 400 and e["field"] == "body"
 
 
-async def test_runs_from_the_api(jp_fetch, tiny):
+async def test_runs_from_the_api(jp_fetch, tiny, jp_root_dir):
     code, p = await call(jp_fetch, "GET", "notebooks/parameters", params={"path": tiny})
     assert code == 200 and p["k"]["default"] == 5
     code, e = await call(jp_fetch, "GET", "notebooks/parameters", params={"path": "../outside.ipynb"})
@@ -112,6 +120,9 @@ async def test_runs_from_the_api(jp_fetch, tiny):
     assert run["status"] == "FINISHED" and run["metrics"] == {"score": 8.0} and run["params"]["k"] == "4"
     code, runs = await call(jp_fetch, "GET", "runs", params={"experiment": "api-test"})
     assert code == 200 and [x["run_id"] for x in runs] == [r["run_id"]]
+    # the output notebook lies under the server's root, where the lab can open it
+    assert runs[0]["output_path"] == r["output_path"] and r["output_path"].startswith("notelab-runs/api-test/")
+    assert (jp_root_dir / r["output_path"]).is_file()
     code, e = await call(jp_fetch, "GET", "runs/no-such-run")
     assert code == 404 and "no run 'no-such-run'" in e["error"]
 
@@ -132,18 +143,49 @@ def test_openapi_documents_every_route():
         assert methods == set(doc["paths"][path]) - {"parameters"}, p
 
 
-@pytest.mark.slow
-async def test_launch_and_stop_a_worker_through_the_api(jp_fetch):
-    code, r = await call(jp_fetch, "POST", "workers", {"name": "api-worker", "replicas": 1})
-    assert code == 202 and r["state"] == "starting"
-    for _ in range(600):
-        code, ws = await call(jp_fetch, "GET", "workers")
-        w = next((w for w in ws if w["name"] == "api-worker"), None)
-        if w and w["state"] in ("ready", "failed"):
+async def test_sweeps_from_the_api(jp_fetch, tiny):
+    for body, fld in [({"notebook": tiny}, "grid"), ({"notebook": tiny, "grid": {"k": 3}}, "grid.k"),
+                      ({"notebook": tiny, "grid": {"k": []}}, "grid.k"), ({"notebook": tiny, "grid": {"kk": [1]}}, "grid.kk"),
+                      ({"notebook": tiny, "grid": {"k": [1, "x"]}}, "grid.k"),
+                      ({"notebook": tiny, "grid": {"k": [1]}, "parallel": 0}, "parallel"),
+                      ({"notebook": "nope.ipynb", "grid": {"k": [1]}}, "notebook")]:
+        code, e = await call(jp_fetch, "POST", "sweeps", body)
+        assert (code, e["field"]) == (400, fld), (body, e)
+    code, r = await call(jp_fetch, "POST", "sweeps", {"notebook": tiny, "grid": {"k": [1, 2]}, "experiment": "api-sweep",
+                                                      "parallel": 2})
+    assert code == 202 and r["variants"] == 2
+    for _ in range(360):
+        code, runs = await call(jp_fetch, "GET", "runs", params={"experiment": "api-sweep"})
+        if code == 200 and len(runs) == 3 and all(x["status"] != "RUNNING" for x in runs):
             break
-        await asyncio.sleep(1)
-    assert w["state"] == "ready", w
-    code, r = await call(jp_fetch, "DELETE", "workers/api-worker")
-    assert code == 200
-    code, ws = await call(jp_fetch, "GET", "workers")
-    assert "api-worker" not in [w["name"] for w in ws]
+        await asyncio.sleep(0.5)
+    parent = next(x for x in runs if not x["parent_run_id"])
+    variants = [x for x in runs if x["parent_run_id"] == parent["run_id"]]
+    assert parent["status"] == "FINISHED" and sorted(x["metrics"]["score"] for x in variants) == [2.0, 4.0], runs
+
+
+@pytest.mark.worker
+async def test_live_figures_and_the_worker_endpoint_through_the_lab(jp_fetch, shared, jp_serverapp, jp_base_url,
+                                                                    jp_http_port):
+    import openai
+
+    code, m = await call(jp_fetch, "GET", f"workers/{shared}/metrics")
+    assert code == 200 and m["running"] >= 0 and m["waiting"] >= 0 and 0 <= m["kv_cache"] <= 1
+    assert len(m["replicas"]) == 2
+    code, e = await call(jp_fetch, "GET", "workers/nobody/metrics")
+    assert code == 404
+    # an OpenAI client whose API key is the lab's token, through the lab (streamed)
+    base = f"http://127.0.0.1:{jp_http_port}{jp_base_url}notelab/workers/{shared}/v1"
+    client = openai.AsyncOpenAI(base_url=base, api_key=jp_serverapp.identity_provider.token)
+    model = (await client.models.list()).data[0].id
+    stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hi."}],
+                                                  max_tokens=8, stream=True)
+    chunks = [c async for c in stream]
+    assert len(chunks) > 2 and "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    code, m2 = await call(jp_fetch, "GET", f"workers/{shared}/metrics")
+    assert m2["generation_tokens"] > m["generation_tokens"] and m2["tokens_per_s"] > 0
+    with pytest.raises(openai.PermissionDeniedError):  # the lab's auth, before any worker is asked
+        await openai.AsyncOpenAI(base_url=base, api_key="wrong").models.list()
+    with pytest.raises(openai.NotFoundError):
+        await openai.AsyncOpenAI(base_url=base.replace(shared, "nobody"),
+                                 api_key=jp_serverapp.identity_provider.token).models.list()

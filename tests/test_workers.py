@@ -115,6 +115,13 @@ def test_cli_chat_and_env(shared):
         openai.OpenAI(base_url=env["OPENAI_BASE_URL"], api_key="wrong").models.list()
 
 
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.worker
 def test_replica_killed_while_serving(shared):
     """A two-replica worker keeps answering when one replica dies mid-batch; scale brings it back."""
@@ -129,6 +136,10 @@ def test_replica_killed_while_serving(shared):
     os.killpg(victim.pid, signal.SIGKILL)
     t.join()
     assert len(results) == 16 and all(isinstance(r, str) for r in results), results
+    # SIGKILL is asynchronous: a vLLM process with a large KV cache takes a moment to be gone
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _running(victim.pid):
+        time.sleep(0.2)
     # the registry notices, also from a fresh process
     r = subprocess.run([NOTELAB, "worker", "ls", "--json"], capture_output=True, text=True, check=True)
     w = next(w for w in json.loads(r.stdout) if w["name"] == shared)

@@ -1,0 +1,107 @@
+// Calls to notelab's REST API under <base_url>/notelab/api/ (documented in lab_ext/openapi.yaml).
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** An error the API answered with: its message and the field it names. */
+export class ApiError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly field: string | null
+  ) {
+    super(message);
+  }
+}
+
+const settings = () => ServerConnection.makeSettings();
+
+export function apiUrl(path: string): string {
+  return URLExt.join(settings().baseUrl, 'notelab', 'api', path);
+}
+
+/** A URL under the lab's base URL (MLflow, a worker's endpoint). */
+export function labUrl(...parts: string[]): string {
+  return URLExt.join(settings().baseUrl, ...parts);
+}
+
+/** The raw response of an API call (for streams). */
+export async function fetchApi(path: string, init: RequestInit = {}): Promise<Response> {
+  const s = settings();
+  const response = await ServerConnection.makeRequest(apiUrl(path), init, s);
+  if (!response.ok) {
+    let body: any = {};
+    try {
+      body = await response.json();
+    } catch {
+      body = { error: response.statusText };
+    }
+    throw new ApiError(body.error ?? response.statusText, response.status, body.field ?? null);
+  }
+  return response;
+}
+
+/** A JSON API call. */
+export async function requestApi<T>(path: string, init: RequestInit = {}): Promise<T> {
+  const response = await fetchApi(path, init);
+  const text = await response.text();
+  return (text ? JSON.parse(text) : null) as T;
+}
+
+export function postJson<T>(path: string, body: unknown): Promise<T> {
+  return requestApi<T>(path, { method: 'POST', body: JSON.stringify(body) });
+}
+
+export interface IReplica {
+  index: number;
+  port: number;
+  pid: number;
+  state: string;
+  gpus: number[];
+  log: string;
+}
+
+export interface IWorker {
+  name: string;
+  model: string;
+  state: string;
+  endpoint: string | null;
+  error?: string | null;
+  replicas: IReplica[];
+}
+
+export interface IMetrics {
+  name: string;
+  state: string;
+  running: number;
+  waiting: number;
+  kv_cache: number | null;
+  tokens_per_s: number | null;
+}
+
+export interface IModel {
+  ref: string;
+  name: string;
+  version: number;
+  size: number;
+}
+
+export interface IParam {
+  default: unknown;
+  type: string;
+  help: string;
+}
+
+export interface IRun {
+  run_id: string;
+  name: string;
+  experiment: string;
+  experiment_id: string;
+  status: string;
+  duration_s: number;
+  params: Record<string, string>;
+  metrics: Record<string, number>;
+  output_notebook: string | null;
+  output_path: string | null;
+  parent_run_id: string | null;
+  error: string | null;
+}

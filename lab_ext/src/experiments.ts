@@ -1,0 +1,192 @@
+// The Experiments panel: pick a notebook, fill its parameters in a form generated from its
+// `parameters` cell, run it (or sweep it) as a tracked job, and follow the runs.
+import { Notification } from '@jupyterlab/apputils';
+import { Widget } from '@lumino/widgets';
+
+import { ApiError, IParam, IRun, postJson, requestApi } from './api';
+import { fmt, h, row } from './dom';
+
+const REFRESH_MS = 3000;
+
+export interface IExperimentsHost {
+  openNotebook(path: string): void;
+  openMlflow(path: string): void;
+}
+
+/** A parameter's value from its input: numbers, booleans and JSON for the rest; strings as typed. */
+function parse(kind: string, raw: string): unknown {
+  if (kind === 'int' || kind === 'float') {
+    return raw.trim() === '' ? null : Number(raw);
+  }
+  if (kind === 'str') {
+    return raw;
+  }
+  try {
+    return JSON.parse(raw);
+  } catch {
+    return raw;
+  }
+}
+
+export class ExperimentsPanel extends Widget {
+  constructor(private host: IExperimentsHost) {
+    super();
+    this.id = 'notelab-experiments';
+    this.title.caption = 'notelab experiments';
+    this.addClass('nl-panel');
+    this.node.append(
+      h('h2', {}, 'Experiments'),
+      h('form', { class: 'nl-form', onsubmit: (e: Event) => { e.preventDefault(); void this.load(this.path.value); } },
+        row('Notebook', this.path, 'a path under the lab root; or right-click a notebook › Run as experiment'),
+        h('button', { type: 'submit', class: 'jp-mod-styled' }, 'Load parameters')),
+      this.params,
+      h('h3', {}, 'Runs'),
+      this.runs
+    );
+  }
+
+  private path = h('input', { name: 'notebook', placeholder: 'nbs/experiments/rag_eval.ipynb' });
+  private params = h('div', { 'data-testid': 'params' });
+  private runs = h('div', { class: 'nl-list', 'data-testid': 'runs' });
+  private inputs = new Map<string, { input: HTMLInputElement; sweep: HTMLInputElement; kind: string }>();
+  private experiment = h('input', { name: 'experiment' });
+  private parallel = h('input', { name: 'parallel', type: 'number', min: 1, max: 8, value: 1 });
+  private error = h('div', { class: 'nl-error', 'data-testid': 'run-error' });
+  private timer: number | undefined;
+  private notebook = '';
+
+  /** Show the form for a notebook's parameters. */
+  async load(path: string): Promise<void> {
+    this.path.value = path;
+    this.error.textContent = '';
+    let declared: Record<string, IParam>;
+    try {
+      declared = await requestApi<Record<string, IParam>>(`notebooks/parameters?path=${encodeURIComponent(path)}`);
+    } catch (e) {
+      this.params.replaceChildren(h('div', { class: 'nl-error' }, (e as Error).message));
+      return;
+    }
+    this.notebook = path;
+    this.inputs.clear();
+    const stem = path.split('/').pop()!.replace(/\.ipynb$/, '');
+    this.experiment.value = stem;
+    const rows = Object.entries(declared).map(([name, p]) => {
+      const isBool = p.type === 'bool';
+      const input = h('input', { name: `param-${name}`, type: isBool ? 'checkbox' : p.type === 'int' || p.type === 'float' ? 'number' : 'text' });
+      if (p.type === 'float') {
+        input.step = 'any';
+      }
+      if (isBool) {
+        input.checked = Boolean(p.default);
+      } else {
+        input.value = typeof p.default === 'string' ? p.default : JSON.stringify(p.default);
+      }
+      const sweep = h('input', { name: `sweep-${name}`, class: 'nl-sweep', placeholder: 'sweep: v1, v2, …' });
+      this.inputs.set(name, { input, sweep, kind: p.type });
+      return row(name, h('span', { class: 'nl-param' }, input, sweep), `${p.type}${p.help ? ' · ' + p.help : ''}`);
+    });
+    this.params.replaceChildren(
+      h('form', { class: 'nl-form', 'data-testid': 'param-form', onsubmit: (e: Event) => { e.preventDefault(); void this.run(); } },
+        h('div', { class: 'nl-dim' }, `Parameters of ${path}`),
+        ...rows,
+        row('Experiment', this.experiment),
+        row('Sweep: at a time', this.parallel),
+        h('div', { class: 'nl-actions' },
+          h('button', { type: 'submit', class: 'jp-mod-styled jp-mod-accept', 'data-action': 'run' }, 'Run'),
+          h('button', { type: 'button', class: 'jp-mod-styled', 'data-action': 'sweep', onclick: () => void this.sweep() }, 'Sweep')),
+        this.error)
+    );
+  }
+
+  private values(): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const [name, { input, kind }] of this.inputs) {
+      out[name] = kind === 'bool' ? input.checked : parse(kind, input.value);
+    }
+    return out;
+  }
+
+  private showError(e: unknown): void {
+    const err = e as ApiError;
+    this.error.textContent = err.message;
+    const name = (err.field ?? '').replace(/^(params|grid)\./, '');
+    this.inputs.get(name)?.input.classList.add('nl-invalid');
+  }
+
+  async run(): Promise<void> {
+    this.error.textContent = '';
+    this.params.querySelectorAll('.nl-invalid').forEach(el => el.classList.remove('nl-invalid'));
+    try {
+      const r = await postJson<IRun>('runs', { notebook: this.notebook, params: this.values(), experiment: this.experiment.value });
+      Notification.info(`Run ${r.run_id.slice(0, 8)} of ${this.notebook} started`, { autoClose: 3000 });
+      await this.refresh();
+    } catch (e) {
+      this.showError(e);
+    }
+  }
+
+  async sweep(): Promise<void> {
+    this.error.textContent = '';
+    const grid: Record<string, unknown[]> = {};
+    for (const [name, { sweep, kind }] of this.inputs) {
+      if (sweep.value.trim()) {
+        grid[name] = sweep.value.split(',').map(v => (kind === 'bool' ? v.trim() === 'true' : parse(kind, v.trim())));
+      }
+    }
+    if (!Object.keys(grid).length) {
+      this.error.textContent = 'Sweep: give values (comma-separated) to at least one parameter.';
+      return;
+    }
+    const fixed = this.values();
+    Object.keys(grid).forEach(k => delete fixed[k]);
+    try {
+      const r = await postJson<{ variants: number }>('sweeps', {
+        notebook: this.notebook, grid, params: fixed, experiment: this.experiment.value, parallel: Number(this.parallel.value)
+      });
+      Notification.info(`Sweep of ${r.variants} variants started`, { autoClose: 3000 });
+      await this.refresh();
+    } catch (e) {
+      this.showError(e);
+    }
+  }
+
+  async refresh(): Promise<void> {
+    let runs: IRun[];
+    try {
+      runs = await requestApi<IRun[]>('runs?limit=30');
+    } catch (e) {
+      this.runs.replaceChildren(h('div', { class: 'nl-error' }, (e as Error).message));
+      return;
+    }
+    const head = h('tr', {}, ...['run', 'status', 's', 'metrics', ''].map(t => h('th', {}, t)));
+    const body = runs.map(r => {
+      const metrics = Object.entries(r.metrics).slice(0, 4).map(([k, v]) => `${k} ${fmt(v, 3)}`).join(', ');
+      return h('tr', { 'data-run': r.run_id, 'data-status': r.status },
+        h('td', { title: `${r.experiment} / ${r.run_id}` }, r.parent_run_id ? `↳ ${r.name}` : r.name),
+        h('td', { class: `nl-status-${r.status}` }, r.status),
+        h('td', {}, fmt(r.duration_s, 0)),
+        h('td', { class: 'nl-metrics', title: r.error ?? '' }, r.error ? r.error.slice(0, 80) : metrics),
+        h('td', {},
+          r.output_path ? h('a', { href: '#', 'data-action': 'notebook', onclick: (e: Event) => { e.preventDefault(); this.host.openNotebook(r.output_path!); } }, 'notebook') : null,
+          ' ',
+          h('a', { href: '#', 'data-action': 'mlflow', onclick: (e: Event) => { e.preventDefault(); this.host.openMlflow(`#/experiments/${r.experiment_id}/runs/${r.run_id}`); } }, 'MLflow')));
+    });
+    this.runs.replaceChildren(
+      runs.length ? h('table', { class: 'nl-table' }, h('thead', {}, head), h('tbody', {}, ...body)) : h('div', { class: 'nl-empty' }, 'No runs yet.')
+    );
+  }
+
+  protected onAfterShow(): void {
+    void this.refresh();
+    this.timer = window.setInterval(() => void this.refresh(), REFRESH_MS);
+  }
+
+  protected onAfterHide(): void {
+    window.clearInterval(this.timer);
+  }
+
+  dispose(): void {
+    window.clearInterval(this.timer);
+    super.dispose();
+  }
+}

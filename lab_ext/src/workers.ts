@@ -1,0 +1,284 @@
+// The Workers panel: launch a vLLM worker, watch its state and live figures, open its logs,
+// copy a connect snippet, scale or stop it.
+import { Clipboard, Dialog, MainAreaWidget, Notification, showDialog } from '@jupyterlab/apputils';
+import { Widget } from '@lumino/widgets';
+
+import { ApiError, fetchApi, IMetrics, IModel, IWorker, labUrl, postJson, requestApi } from './api';
+import { fmt, h, row } from './dom';
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const REFRESH_MS = 3000;
+
+export class WorkersPanel extends Widget {
+  constructor(private openLogs: (name: string) => void) {
+    super();
+    this.id = 'notelab-workers';
+    this.title.caption = 'notelab workers';
+    this.addClass('nl-panel');
+    this.node.append(
+      h('h2', {}, 'Workers'),
+      this.form,
+      h('h3', {}, 'Running'),
+      this.list
+    );
+    this.buildForm();
+  }
+
+  private form = h('form', { class: 'nl-form', 'data-testid': 'launch-form' });
+  private list = h('div', { class: 'nl-list', 'data-testid': 'worker-list' });
+  private model = h('select', { name: 'model' });
+  private name = h('input', { name: 'name', placeholder: 'worker name (default: the model name)' });
+  private replicas = h('input', { name: 'replicas', type: 'number', min: 1, value: 1 });
+  private target = h('select', { name: 'target' }, h('option', { value: 'local' }, 'this machine'),
+    h('option', { value: 'cluster' }, 'cluster'));
+  private gpus = h('input', { name: 'gpus', type: 'number', min: 0, value: 1 });
+  private gpuRow = row('GPUs per replica', this.gpus);
+  private extra = h('input', { name: 'extra', placeholder: 'e.g. --max-model-len 2048' });
+  private error = h('div', { class: 'nl-error', 'data-testid': 'launch-error' });
+  private timer: number | undefined;
+  private metrics = new Map<string, IMetrics>();
+
+  private buildForm(): void {
+    this.gpuRow.hidden = true;
+    this.target.addEventListener('change', () => (this.gpuRow.hidden = this.target.value !== 'cluster'));
+    this.form.append(
+      row('Model', this.model),
+      row('Name', this.name),
+      row('Replicas', this.replicas),
+      row('Target', this.target),
+      this.gpuRow,
+      row('Engine arguments', this.extra),
+      h('button', { type: 'submit', class: 'jp-mod-styled jp-mod-accept' }, 'Launch'),
+      this.error
+    );
+    this.form.addEventListener('submit', e => {
+      e.preventDefault();
+      void this.launch();
+    });
+  }
+
+  /** The launch request, or the first field that is wrong (shown, nothing sent). */
+  private request(): Record<string, unknown> | null {
+    const fail = (input: HTMLElement, msg: string) => {
+      this.error.textContent = msg;
+      input.classList.add('nl-invalid');
+      input.focus();
+      return null;
+    };
+    this.form.querySelectorAll('.nl-invalid').forEach(el => el.classList.remove('nl-invalid'));
+    this.error.textContent = '';
+    if (!this.model.value) {
+      return fail(this.model, 'No model in the store: run `notelab models pull` first.');
+    }
+    const name = this.name.value.trim();
+    if (name && !NAME.test(name)) {
+      return fail(this.name, "Name: letters, digits, '.', '_' or '-', at most 64, starting with a letter or digit.");
+    }
+    const replicas = Number(this.replicas.value);
+    if (!Number.isInteger(replicas) || replicas < 1) {
+      return fail(this.replicas, 'Replicas: a whole number, at least 1.');
+    }
+    const body: Record<string, unknown> = {
+      model: this.model.value,
+      replicas,
+      target: this.target.value,
+      extra_args: this.extra.value.trim() ? this.extra.value.trim().split(/\s+/) : []
+    };
+    if (name) {
+      body.name = name;
+    }
+    if (this.target.value === 'cluster') {
+      const gpus = Number(this.gpus.value);
+      if (!Number.isInteger(gpus) || gpus < 0) {
+        return fail(this.gpus, 'GPUs per replica: a whole number, 0 or more.');
+      }
+      body.gpus_per_replica = gpus;
+    }
+    return body;
+  }
+
+  private async launch(): Promise<void> {
+    const body = this.request();
+    if (!body) {
+      return;
+    }
+    try {
+      const w = await postJson<IWorker>('workers', body);
+      Notification.info(`Starting worker ${w.name} (${w.model})`, { autoClose: 4000 });
+      this.name.value = '';
+      await this.refresh();
+    } catch (e) {
+      const err = e as ApiError;
+      this.error.textContent = err.message;
+      const input = this.form.querySelector(`[name="${err.field === 'gpus_per_replica' ? 'gpus' : err.field}"]`);
+      input?.classList.add('nl-invalid');
+    }
+  }
+
+  async loadModels(): Promise<void> {
+    // newest version of each model first
+    const models = (await requestApi<IModel[]>('models')).sort((a, b) => a.name.localeCompare(b.name) || b.version - a.version);
+    const chosen = this.model.value;
+    this.model.replaceChildren(...models.map(m => h('option', { value: m.ref }, m.ref)));
+    if (chosen) {
+      this.model.value = chosen;
+    }
+  }
+
+  async refresh(): Promise<void> {
+    let workers: IWorker[];
+    try {
+      workers = await requestApi<IWorker[]>('workers');
+    } catch (e) {
+      this.list.replaceChildren(h('div', { class: 'nl-error' }, `Cannot list workers: ${(e as Error).message}`));
+      return;
+    }
+    await Promise.all(
+      workers
+        .filter(w => w.state === 'ready' || w.state === 'degraded')
+        .map(async w => {
+          try {
+            this.metrics.set(w.name, await requestApi<IMetrics>(`workers/${encodeURIComponent(w.name)}/metrics`));
+          } catch {
+            this.metrics.delete(w.name);
+          }
+        })
+    );
+    this.list.replaceChildren(
+      ...(workers.length ? workers.map(w => this.card(w)) : [h('div', { class: 'nl-empty' }, 'No workers yet.')])
+    );
+  }
+
+  private card(w: IWorker): HTMLElement {
+    const m = this.metrics.get(w.name);
+    const live = w.state === 'ready' || w.state === 'degraded';
+    const figures = live && m
+      ? h('div', { class: 'nl-figures', 'data-testid': 'figures' },
+        `running ${m.running} · waiting ${m.waiting} · ${fmt(m.tokens_per_s)} tok/s · KV ${m.kv_cache === null ? '–' : fmt(100 * m.kv_cache, 0) + '%'}`)
+      : null;
+    const act = (label: string, fn: () => void, enabled = true) =>
+      h('button', { class: 'jp-mod-styled nl-small', onclick: fn, disabled: !enabled, 'data-action': label }, label);
+    return h(
+      'div',
+      { class: `nl-card nl-state-${w.state}`, 'data-worker': w.name, 'data-state': w.state },
+      h('div', { class: 'nl-card-head' }, h('b', {}, w.name), h('span', { class: 'nl-badge' }, w.state)),
+      h('div', { class: 'nl-dim' }, `${w.model} · ${w.replicas.length} replica(s)`),
+      w.endpoint ? h('div', { class: 'nl-dim nl-mono' }, w.endpoint) : null,
+      w.error ? h('div', { class: 'nl-error' }, w.error) : null,
+      figures,
+      h('div', { class: 'nl-actions' },
+        act('logs', () => this.openLogs(w.name), w.replicas.length > 0),
+        act('snippet', () => this.copySnippet(w), live),
+        act('scale', () => void this.scale(w), w.replicas.length > 0),
+        act('stop', () => void this.stop(w)))
+    );
+  }
+
+  private copySnippet(w: IWorker): void {
+    const proxied = new URL(labUrl('notelab', 'workers', w.name, 'v1'), window.location.href).href;
+    Clipboard.copyToSystem(
+      `import notelab\nclient = notelab.connect(${JSON.stringify(w.name)})\n` +
+      `print(client.chat("Hello!"))\n# from elsewhere, through the lab: OpenAI(base_url="${proxied}", api_key=<lab token>)\n`
+    );
+    Notification.success(`Copied notelab.connect("${w.name}")`, { autoClose: 2500 });
+  }
+
+  private async scale(w: IWorker): Promise<void> {
+    const input = h('input', { type: 'number', min: 0, value: w.replicas.length });
+    const body = new Widget({ node: h('div', {}, row('Replicas', input)) });
+    const r = await showDialog({ title: `Scale ${w.name}`, body, buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Scale' })] });
+    if (!r.button.accept) {
+      return;
+    }
+    try {
+      await postJson(`workers/${encodeURIComponent(w.name)}/scale`, { replicas: Number(input.value) });
+    } catch (e) {
+      Notification.error(`Scale ${w.name}: ${(e as Error).message}`);
+    }
+    await this.refresh();
+  }
+
+  private async stop(w: IWorker): Promise<void> {
+    const r = await showDialog({
+      title: `Stop ${w.name}?`,
+      body: `Its ${w.replicas.length} replica(s) end and requests in flight fail.`,
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Stop' })]
+    });
+    if (!r.button.accept) {
+      return;
+    }
+    try {
+      await requestApi(`workers/${encodeURIComponent(w.name)}`, { method: 'DELETE' });
+    } catch (e) {
+      Notification.error(`Stop ${w.name}: ${(e as Error).message}`);
+    }
+    await this.refresh();
+  }
+
+  protected onAfterShow(): void {
+    void this.loadModels().catch(e => (this.error.textContent = `Cannot list models: ${e.message}`));
+    void this.refresh();
+    this.timer = window.setInterval(() => void this.refresh(), REFRESH_MS);
+  }
+
+  protected onAfterHide(): void {
+    window.clearInterval(this.timer);
+  }
+
+  dispose(): void {
+    window.clearInterval(this.timer);
+    super.dispose();
+  }
+}
+
+/** A worker's log, streamed into a main-area panel while it is open. */
+export class LogView extends Widget {
+  constructor(readonly worker: string) {
+    super();
+    this.addClass('nl-log');
+    this.node.append(this.pre);
+    void this.follow();
+  }
+
+  private pre = h('pre', { 'data-testid': 'log' });
+  private abort = new AbortController();
+
+  private async follow(): Promise<void> {
+    while (!this.isDisposed) {
+      try {
+        const r = await fetchApi(
+          `workers/${encodeURIComponent(this.worker)}/logs?follow=1&lines=${this.pre.textContent ? 0 : 200}&timeout=60`,
+          { signal: this.abort.signal }
+        );
+        const reader = r.body!.getReader();
+        const decoder = new TextDecoder();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) {
+            break;
+          }
+          this.pre.append(decoder.decode(value, { stream: true }));
+          this.node.scrollTop = this.node.scrollHeight;
+        }
+      } catch (e) {
+        if (!this.isDisposed) {
+          this.pre.append(`\n[notelab: ${(e as Error).message}]\n`);
+        }
+        return;
+      }
+    }
+  }
+
+  dispose(): void {
+    this.abort.abort();
+    super.dispose();
+  }
+}
+
+export function logPanel(worker: string): MainAreaWidget<LogView> {
+  const w = new MainAreaWidget({ content: new LogView(worker) });
+  w.id = `notelab-log-${worker}`;
+  w.title.label = `Log: ${worker}`;
+  w.title.closable = true;
+  return w;
+}

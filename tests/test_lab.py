@@ -1,0 +1,213 @@
+"""notelab in JupyterLab, end to end: `notelab lab` with the extension built by `make setup`, driven in
+Debian's chromium by Playwright. A worker launched from the Workers panel becomes ready and stops; a
+notebook run from the file browser's "Run as experiment" shows its metrics and output notebook, and a
+sweep its variants; MLflow opens from the launcher inside the lab. Screenshots of each panel are kept in
+`test-artifacts/screenshots/`."""
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# what a closed network needs: no background fetches, no first-run UI (see the machine notes)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+BASE = "/lab%40notelab/"  # a base URL that needs escaping: everything must work under it
+
+
+def jupyter(*args) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run([str(BIN / "jupyter"), *args], capture_output=True, text=True, env=env, check=True)
+    return re.sub(r"\x1b\[[0-9;]*m", "", r.stdout + r.stderr)
+
+
+def test_extensions_are_enabled_and_ok():
+    labext = jupyter("labextension", "list")
+    assert re.search(r"notelab v[\d.]+ enabled\s+OK", labext), labext
+    assert re.search(r"jupyter-server-proxy v[\d.]+ enabled\s+OK", labext), labext
+    server = jupyter("server", "extension", "list")
+    assert re.search(r"notelab enabled", server) and re.search(r"notelab [\d.]+ OK", server), server
+    assert re.search(r"jupyter_server_proxy [\d.]+ OK", server), server
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab-root")
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("k = 5  # how hard to try\nlabel = 'first'")
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# A tiny experiment"), p,
+                nbformat.v4.new_code_cell("from notelab.experiments import log_metric\nlog_metric('score', k * 2)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "exp.ipynb")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    log = open(root.parent / "lab.log", "wb")
+    proc = subprocess.Popen([str(BIN / "notelab"), "lab", "--port", str(port), "--root", str(root), "--",
+                             f"--ServerApp.token={token}", f"--ServerApp.base_url={BASE}", "--ServerApp.ip=127.0.0.1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    url = f"http://127.0.0.1:{port}{BASE}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(url + "api/status", params={"token": token}, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, (root.parent / "lab.log").read_text()[-3000:]
+        time.sleep(0.5)
+    yield SimpleNamespace(url=url, token=token, root=root, log=root.parent / "lab.log")
+    os.killpg(proc.pid, signal.SIGTERM)  # the lab, and MLflow started by its proxy
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it with apt)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(lab, browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = ctx.new_page()
+    page.set_default_timeout(30_000)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{lab.url}lab?reset&token={lab.token}")  # a fresh layout each test
+    page.wait_for_selector(".jp-Launcher")
+    news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab asks once whether to fetch its news
+    try:
+        news.click(timeout=3000)
+    except Exception:
+        pass
+    yield page
+    ctx.close()
+    assert not errors, errors
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def api(lab, path: str):
+    r = httpx.get(f"{lab.url}notelab/api/{path}", headers={"Authorization": f"token {lab.token}"}, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def test_nothing_answers_without_the_token(lab):
+    for path in ("notelab/api/workers", "notelab/workers/test-shared/v1/models", "mlflow/",
+                 "mlflow/ajax-api/2.0/mlflow/experiments/search"):
+        r = httpx.get(lab.url + path, timeout=30)
+        assert r.status_code in (302, 403), (path, r.status_code)
+        assert r.status_code == 403 or "/login" in r.headers["location"], (path, r.headers)
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_workers_panel_launches_watches_and_stops_a_worker(page, lab, shared):
+    page.locator(".jp-LauncherCard[data-category=notelab]", has_text="Workers").click()
+    form = page.locator("[data-testid=launch-form]")
+    form.locator("select[name=model] option").first.wait_for(state="attached")
+    # bad input is stopped in the form, naming the field; nothing is launched
+    form.locator("input[name=name]").fill("bad name!")
+    form.locator("button[type=submit]").click()
+    assert "Name:" in page.locator("[data-testid=launch-error]").inner_text()
+    # the shared worker of this test run is listed, with live figures from its /metrics
+    shared_card = page.locator(f"[data-worker='{shared}']")
+    shared_card.locator("[data-testid=figures]").wait_for()
+    assert re.search(r"running \d+ · waiting \d+ · .* tok/s · KV \d+%", shared_card.inner_text())
+
+    form.locator("input[name=name]").fill("ui-worker")
+    form.locator("input[name=replicas]").fill("1")
+    form.locator("button[type=submit]").click()
+    card = page.locator("[data-worker='ui-worker']")
+    card.wait_for()
+    shot(page, "workers-starting")
+    page.wait_for_selector("[data-worker='ui-worker'][data-state='ready']", timeout=300_000)
+    card.locator("[data-testid=figures]").wait_for()
+    shot(page, "workers-ready")
+
+    card.locator("[data-action=logs]").click()
+    log = page.locator("#notelab-log-ui-worker [data-testid=log]")
+    log.wait_for()
+    page.wait_for_function("() => document.querySelector('#notelab-log-ui-worker pre').textContent.includes('notelab: starting replica')")
+    shot(page, "worker-logs")
+
+    card.locator("[data-action=stop]").click()
+    page.locator(".jp-Dialog-button.jp-mod-warn").click()  # the confirmation
+    card.wait_for(state="detached", timeout=60_000)
+    assert "ui-worker" not in [w["name"] for w in api(lab, "workers")]
+
+
+def test_run_as_experiment_from_the_file_browser(page, lab):
+    item = page.locator(".jp-DirListing-item[data-file-type='notebook']", has_text="exp.ipynb")
+    item.click(button="right")
+    page.locator(".lm-Menu-item", has_text="Run as experiment").click()
+    form = page.locator("[data-testid=param-form]")
+    form.wait_for()
+    assert form.locator("input[name=param-k]").input_value() == "5"
+    assert "how hard to try" in form.inner_text()  # the parameter's comment is its help
+    form.locator("input[name=param-k]").fill("7")
+    form.locator("[data-action=run]").click()
+    row = page.locator("[data-testid=runs] tr[data-status=FINISHED]").first
+    row.wait_for(timeout=120_000)
+    assert "score 14.000" in row.inner_text()
+    shot(page, "experiments-run")
+    row.locator("[data-action=notebook]").click()  # the output notebook opens in the lab
+    page.locator(".jp-NotebookPanel .jp-Cell", has_text="log_metric('score', k * 2)").wait_for()
+    assert re.search(r"exp-[0-9a-f]{8}\.ipynb", page.locator(".lm-TabBar-tab.jp-mod-current").inner_text())
+
+    # a sweep over two values of k: a parent run and two variants
+    page.locator("[data-testid=param-form] input[name=sweep-k]").fill("1, 2")
+    page.locator("[data-testid=param-form] [data-action=sweep]").click()
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=runs] tr[data-status=FINISHED]')]"
+                           ".filter(r => r.textContent.startsWith('↳')).length === 2", timeout=180_000)
+    text = page.locator("[data-testid=runs]").inner_text()
+    assert "score 2.000" in text and "score 4.000" in text
+    shot(page, "experiments-sweep")
+    runs = api(lab, "runs?experiment=exp")
+    assert sorted(r["metrics"].get("score") for r in runs if r["parent_run_id"]) == [2.0, 4.0]
+
+
+def test_mlflow_opens_from_the_launcher_inside_the_lab(page, lab):
+    page.locator(".jp-LauncherCard[data-category=notelab]", has_text="MLflow").click()
+    frame = page.frame_locator("#notelab-mlflow iframe")
+    frame.get_by_text("Experiments").first.wait_for(timeout=120_000)  # MLflow starts on first use
+    frame.get_by_role("link", name="Experiments").first.click()
+    frame.get_by_text("Default").first.wait_for(timeout=60_000)  # the list of experiments, read through the proxy
+    shot(page, "mlflow")
+    # the UI's API calls go through the lab's proxy under its base URL
+    r = httpx.post(f"{lab.url}mlflow/ajax-api/2.0/mlflow/experiments/search", json={"max_results": 50},
+                   headers={"Authorization": f"token {lab.token}"}, timeout=60)
+    assert r.status_code == 200 and "experiments" in r.json()
