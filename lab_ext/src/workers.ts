@@ -178,7 +178,7 @@ export class WorkersPanel extends Widget {
     const proxied = new URL(labUrl('notelab', 'workers', w.name, 'v1'), window.location.href).href;
     Clipboard.copyToSystem(
       `import notelab\nclient = notelab.connect(${JSON.stringify(w.name)})\n` +
-      `print(client.chat("Hello!"))\n# from elsewhere, through the lab: OpenAI(base_url="${proxied}", api_key=<lab token>)\n`
+      `print(client.ask("Hello!"))\n# from elsewhere, through the lab: OpenAI(base_url="${proxied}", api_key=<lab token>)\n`
     );
     Notification.success(`Copied notelab.connect("${w.name}")`, { autoClose: 2500 });
   }
