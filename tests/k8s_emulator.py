@@ -12,7 +12,8 @@ from kubernetes import client
 
 
 RESOURCES = {"apps/v1/deployments": "Deployment", "v1/services": "Service", "v1/secrets": "Secret",
-             "v1/configmaps": "ConfigMap", "v1/pods": "Pod", "batch/v1/jobs": "Job"}
+             "v1/configmaps": "ConfigMap", "v1/pods": "Pod", "batch/v1/jobs": "Job",
+             "keda.sh/v1alpha1/scaledobjects": "ScaledObject"}
 
 
 class ApplyingEmulator(kmock.KubernetesEmulator):

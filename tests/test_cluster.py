@@ -5,6 +5,7 @@ with kubernetes-validate (strict); the launcher's calls go over HTTP to an emula
 Role in k8s/base/rbac.yaml must grant exactly the verbs and resources those calls used.
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,15 @@ def test_dry_run_prints_valid_yaml():
     r = subprocess.run([NOTELAB, "worker", "up", "x/y", "--target", "cluster", "--dry-run", "--gpus", "8",
                         "--replicas", "2"], capture_output=True, text=True)
     assert r.returncode == 1 and "[limits] max_gpus is 8" in r.stderr
+    r = subprocess.run([NOTELAB, "worker", "up", "x/y", "--target", "cluster", "--dry-run", "--autoscale", "1:3",
+                        "--prometheus", "http://prometheus:9090", "--queue", "2"], capture_output=True, text=True)
+    so = list(yaml.safe_load_all(r.stdout))[-1]
+    assert so["kind"] == "ScaledObject" and (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (1, 3)
+    assert so["spec"]["triggers"][0]["metadata"]["threshold"] == "2"
+    for args, msg in [(["--autoscale", "3"], "write MIN:MAX"), (["--autoscale", "1:2"], "needs --prometheus")]:
+        r = subprocess.run([NOTELAB, "worker", "up", "x/y", "--target", "cluster", "--dry-run", *args],
+                           capture_output=True, text=True)
+        assert r.returncode == 1 and msg in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("overlay", ["dev", "gpu"])
@@ -146,7 +156,15 @@ def test_launcher_against_the_api_emulator(tmp_path):
         with pytest.raises(LimitError):
             cw.scale("chat", 99)
         cw.launch(ClusterWorkerSpec("chat", "gemma-3-270m@1", replicas=3, gpus=1, namespace=NS))  # idempotent
+        # autoscaling on vLLM's queue depth: a KEDA ScaledObject next to the Deployment, gone with the worker
+        cw.launch(ClusterWorkerSpec("chat", "gemma-3-270m@1", replicas=3, gpus=1, namespace=NS, autoscale={
+            "min": 1, "max": 4, "prometheus": "http://prometheus.monitoring:9090"}))
+        custom = client.CustomObjectsApi(k8s.client(ADMIN))
+        so = custom.get_namespaced_custom_object("keda.sh", "v1alpha1", NS, "scaledobjects", "chat")
+        assert so["spec"]["maxReplicaCount"] == 4 and "vllm:num_requests_waiting" in so["spec"]["triggers"][0]["metadata"]["query"]
         cw.stop("chat")
+        with pytest.raises(client.ApiException):
+            custom.get_namespaced_custom_object("keda.sh", "v1alpha1", NS, "scaledobjects", "chat")
         assert cw.list() == []
         with pytest.raises(WorkerNotFoundError, match="not found in namespace 'lab'"):
             cw.get("chat")
@@ -260,3 +278,76 @@ def test_run_on_the_cluster_is_tracked_and_a_failed_job_marks_it(tmp_path, mlflo
             follow_run(cw, job, rid, poll=0.05)
         run = mlc.get_run(rid)
         assert run.info.status == "FAILED" and "DeadlineExceeded" in run.data.tags["notelab.error"]
+
+
+class Kubelet:
+    """Plays the cluster's part for Jobs: runs each new Job's command here (its notebook and parameters from
+    the Job's ConfigMap, its MLflow run on the same server) and sets the Job's status from the exit code."""
+
+    def __init__(self, k8s, workdir: Path):
+        import threading
+
+        self.k8s, self.workdir, self.seen, self.stop = k8s, workdir, set(), threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        batch, core = client.BatchV1Api(self.k8s.client(ADMIN)), client.CoreV1Api(self.k8s.client(ADMIN))
+        while not self.stop.wait(0.2):
+            for job in batch.list_namespaced_job(NS).items:
+                name = job.metadata.name
+                if name in self.seen:
+                    continue
+                self.seen.add(name)
+                work = self.workdir / name
+                work.mkdir(parents=True)
+                for f, text in core.read_namespaced_config_map(name, NS).data.items():
+                    (work / f).write_text(text)
+                c = job.spec.template.spec.containers[0]
+                args = [a.replace("/work/", f"{work}/") for a in c.args]
+                env = {**os.environ, **{e.name: e.value for e in c.env if e.name == "NOTELAB_TRACKING_MLFLOW_URI"}}
+                r = subprocess.run([NOTELAB, *args], capture_output=True, text=True, env=env, cwd=work)
+                cond = {"type": "Complete", "status": "True"} if r.returncode == 0 else \
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "exit 1"}
+                batch.patch_namespaced_job_status(name, NS, {"status": {"conditions": [cond]}})
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def test_sweep_on_the_cluster_runs_each_variant_as_a_job(tmp_path, mlflow_server, monkeypatch):
+    import nbformat
+    from mlflow import MlflowClient
+
+    from notelab.experiments import sweep
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("k = 1")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell("from notelab.experiments import log_metric\nlog_metric('inv', 1 / k)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "exp.ipynb"
+    nbformat.write(nb, path)
+    with Emulator() as k8s, Kubelet(k8s, tmp_path / "pods") as kubelet:
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+            "clusters": [{"name": "emu", "cluster": {"server": k8s.url}}],
+            "users": [{"name": "lab", "user": {"token": "x"}}],
+            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "lab"}}]}))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        s = sweep(path, grid={"k": [1, 2, 0]}, experiment="cluster-sweep", parallel=3, target="cluster",
+                  namespace=NS, metric="inv", show_progress=False)
+        assert len(kubelet.seen) == 3  # one Job per variant
+    t = s.table.set_index("k")
+    assert list(t.status) == ["FINISHED", "FINISHED", "FAILED"] and list(t.inv[:2]) == [1.0, 0.5]  # sorted by inv
+    assert "ZeroDivisionError" in t.loc[0, "error"]
+    mlc = MlflowClient(mlflow_server)
+    parent = mlc.get_run(s.parent_run_id)
+    assert parent.data.tags["notelab.target"] == "cluster" and parent.data.metrics["best_inv"] == 1.0
+    kids = mlc.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{s.parent_run_id}'")
+    assert sorted(r.info.status for r in kids) == ["FAILED", "FINISHED", "FINISHED"]
+    assert all(r.data.tags["notelab.job"].startswith(f"{NS}/run-") for r in kids)

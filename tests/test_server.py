@@ -189,3 +189,47 @@ async def test_live_figures_and_the_worker_endpoint_through_the_lab(jp_fetch, sh
     with pytest.raises(openai.NotFoundError):
         await openai.AsyncOpenAI(base_url=base.replace(shared, "nobody"),
                                  api_key=jp_serverapp.identity_provider.token).models.list()
+
+
+async def test_cluster_workers_from_the_api(jp_fetch, tmp_path, monkeypatch):
+    """Launch, list, scale, read logs of and stop a cluster worker through the API, against kmock's emulator."""
+    import yaml
+    from k8s_emulator import Emulator
+    from kubernetes import client
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # no cluster: a launch names the target
+    monkeypatch.setenv("NOTELAB_CLUSTER_NAMESPACE", "lab")
+    code, e = await call(jp_fetch, "POST", "workers", {"target": "cluster", "name": "chat"})
+    assert (code, e["field"]) == (400, "target") and "KUBECONFIG" in e["error"]
+    with Emulator() as k8s:
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+            "clusters": [{"name": "emu", "cluster": {"server": k8s.url}}],
+            "users": [{"name": "lab", "user": {"token": "x"}}],
+            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "lab"}}]}))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        for body, fld, status in [({"name": "Not_DNS"}, "name", 400), ({"gpus_per_replica": 99}, "gpus_per_replica", 403)]:
+            code, e = await call(jp_fetch, "POST", "workers", {"target": "cluster", **body})
+            assert (code, e["field"]) == (status, fld), e
+        code, w = await call(jp_fetch, "POST", "workers", {"target": "cluster", "name": "chat", "gpus_per_replica": 1})
+        assert code == 202 and (w["state"], w["target"]) == ("starting", "cluster")
+        admin = client.CoreV1Api(k8s.client("admin"))
+        admin.create_namespaced_pod("lab", {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "chat-a", "namespace": "lab", "labels": {"app.kubernetes.io/instance": "chat",
+                                                              "app.kubernetes.io/component": "worker"}},
+            "spec": {"containers": [{"name": "vllm", "image": "x"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                                                           "reason": "Unschedulable",
+                                                           "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}})
+        code, ws = await call(jp_fetch, "GET", "workers")
+        c = next(w for w in ws if w["name"] == "chat")
+        assert c["target"] == "cluster" and c["state"] == "unschedulable" and "nvidia.com/gpu" in c["error"]
+        k8s.logs[("lab", "chat-a")] = "INFO: loading model\n"
+        code, text = await call(jp_fetch, "GET", "workers/chat/logs", params={"target": "cluster"})
+        assert code == 200 and "loading model" in text
+        code, w = await call(jp_fetch, "POST", "workers/chat/scale", {"replicas": 2, "target": "cluster"})
+        assert code == 200 and w["desired"] == 2
+        code, r = await call(jp_fetch, "DELETE", "workers/chat", params={"target": "cluster"})
+        assert code == 200
+        code, ws = await call(jp_fetch, "GET", "workers")
+        assert "chat" not in [w["name"] for w in ws]

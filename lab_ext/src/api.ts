@@ -66,7 +66,14 @@ export interface IWorker {
   state: string;
   endpoint: string | null;
   error?: string | null;
+  target?: 'local' | 'cluster';
+  reason?: string;
   replicas: IReplica[];
+}
+
+/** `?target=cluster` for a cluster worker's calls (local is the default). */
+export function targetQuery(w: IWorker, sep = '?'): string {
+  return w.target === 'cluster' ? `${sep}target=cluster` : '';
 }
 
 export interface IMetrics {

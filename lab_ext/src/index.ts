@@ -54,7 +54,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const logs = new WidgetTracker<MainAreaWidget>({ namespace: 'notelab-logs' });
     const mlflowPanels = new WidgetTracker<MainAreaWidget<IFrame>>({ namespace: 'notelab-mlflow' });
 
-    const workers = new WorkersPanel(name => void commands.execute(CommandIDs.logs, { name }));
+    const workers = new WorkersPanel(w => void commands.execute(CommandIDs.logs, { name: w.name, cluster: w.target === 'cluster' }));
     workers.title.icon = workersIcon;
     const experiments = new ExperimentsPanel({
       openNotebook: path => void docs.openOrReveal(path),
@@ -110,7 +110,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           shell.activateById(existing.id);
           return;
         }
-        const panel = logPanel(name);
+        const panel = logPanel(name, !!args.cluster);
         void logs.add(panel);
         shell.add(panel, 'main', { mode: 'split-bottom' });
       }

@@ -3,14 +3,14 @@
 import { Clipboard, Dialog, MainAreaWidget, Notification, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
-import { ApiError, fetchApi, IMetrics, IModel, IWorker, labUrl, postJson, requestApi } from './api';
+import { ApiError, fetchApi, IMetrics, IModel, IWorker, labUrl, postJson, requestApi, targetQuery } from './api';
 import { fmt, h, row } from './dom';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const REFRESH_MS = 3000;
 
 export class WorkersPanel extends Widget {
-  constructor(private openLogs: (name: string) => void) {
+  constructor(private openLogs: (w: IWorker) => void) {
     super();
     this.id = 'notelab-workers';
     this.title.caption = 'notelab workers';
@@ -135,7 +135,7 @@ export class WorkersPanel extends Widget {
     }
     await Promise.all(
       workers
-        .filter(w => w.state === 'ready' || w.state === 'degraded')
+        .filter(w => w.target !== 'cluster' && (w.state === 'ready' || w.state === 'degraded'))
         .map(async w => {
           try {
             this.metrics.set(w.name, await requestApi<IMetrics>(`workers/${encodeURIComponent(w.name)}/metrics`));
@@ -162,12 +162,13 @@ export class WorkersPanel extends Widget {
       'div',
       { class: `nl-card nl-state-${w.state}`, 'data-worker': w.name, 'data-state': w.state },
       h('div', { class: 'nl-card-head' }, h('b', {}, w.name), h('span', { class: 'nl-badge' }, w.state)),
-      h('div', { class: 'nl-dim' }, `${w.model} · ${w.replicas.length} replica(s)`),
+      h('div', { class: 'nl-dim' }, `${w.model} · ${w.replicas.length} replica(s)${w.target === 'cluster' ? ' · cluster' : ''}`),
+      w.reason && !w.error ? h('div', { class: 'nl-dim' }, w.reason) : null,
       w.endpoint ? h('div', { class: 'nl-dim nl-mono' }, w.endpoint) : null,
       w.error ? h('div', { class: 'nl-error' }, w.error) : null,
       figures,
       h('div', { class: 'nl-actions' },
-        act('logs', () => this.openLogs(w.name), w.replicas.length > 0),
+        act('logs', () => this.openLogs(w), w.replicas.length > 0),
         act('snippet', () => this.copySnippet(w), live),
         act('scale', () => void this.scale(w), w.replicas.length > 0),
         act('stop', () => void this.stop(w)))
@@ -175,6 +176,14 @@ export class WorkersPanel extends Widget {
   }
 
   private copySnippet(w: IWorker): void {
+    if (w.target === 'cluster') {
+      Clipboard.copyToSystem(
+        `from openai import OpenAI\n# inside the cluster; the key is in the Secret ${w.name}-key\n` +
+        `client = OpenAI(base_url=${JSON.stringify(w.endpoint)}, api_key=API_KEY)\n`
+      );
+      Notification.success(`Copied a client for ${w.name}`, { autoClose: 2500 });
+      return;
+    }
     const proxied = new URL(labUrl('notelab', 'workers', w.name, 'v1'), window.location.href).href;
     Clipboard.copyToSystem(
       `import notelab\nclient = notelab.connect(${JSON.stringify(w.name)})\n` +
@@ -191,7 +200,7 @@ export class WorkersPanel extends Widget {
       return;
     }
     try {
-      await postJson(`workers/${encodeURIComponent(w.name)}/scale`, { replicas: Number(input.value) });
+      await postJson(`workers/${encodeURIComponent(w.name)}/scale`, { replicas: Number(input.value), target: w.target ?? 'local' });
     } catch (e) {
       Notification.error(`Scale ${w.name}: ${(e as Error).message}`);
     }
@@ -208,7 +217,7 @@ export class WorkersPanel extends Widget {
       return;
     }
     try {
-      await requestApi(`workers/${encodeURIComponent(w.name)}`, { method: 'DELETE' });
+      await requestApi(`workers/${encodeURIComponent(w.name)}${targetQuery(w)}`, { method: 'DELETE' });
     } catch (e) {
       Notification.error(`Stop ${w.name}: ${(e as Error).message}`);
     }
@@ -233,7 +242,7 @@ export class WorkersPanel extends Widget {
 
 /** A worker's log, streamed into a main-area panel while it is open. */
 export class LogView extends Widget {
-  constructor(readonly worker: string) {
+  constructor(readonly worker: string, readonly cluster = false) {
     super();
     this.addClass('nl-log');
     this.node.append(this.pre);
@@ -244,6 +253,15 @@ export class LogView extends Widget {
   private abort = new AbortController();
 
   private async follow(): Promise<void> {
+    if (this.cluster) {  // a pod's log, as the API server has it (not followed)
+      try {
+        const r = await fetchApi(`workers/${encodeURIComponent(this.worker)}/logs?target=cluster&lines=500`);
+        this.pre.textContent = await r.text();
+      } catch (e) {
+        this.pre.textContent = `[notelab: ${(e as Error).message}]`;
+      }
+      return;
+    }
     while (!this.isDisposed) {
       try {
         const r = await fetchApi(
@@ -275,8 +293,8 @@ export class LogView extends Widget {
   }
 }
 
-export function logPanel(worker: string): MainAreaWidget<LogView> {
-  const w = new MainAreaWidget({ content: new LogView(worker) });
+export function logPanel(worker: string, cluster = false): MainAreaWidget<LogView> {
+  const w = new MainAreaWidget({ content: new LogView(worker, cluster) });
   w.id = `notelab-log-${worker}`;
   w.title.label = `Log: ${worker}`;
   w.title.closable = true;
