@@ -138,9 +138,8 @@ def test_retrieval_quality_on_the_shipped_questions(pydoc):
     s = json.loads(r.stdout)
     print(json.dumps(s, indent=1))
     assert s["hybrid"]["recall@5"] >= 0.85
-    assert s["hybrid"]["recall@5"] > s["fts"]["recall@5"]
+    assert s["hybrid"]["recall@5"] > max(s["vector"]["recall@5"], s["fts"]["recall@5"])  # 0.943 / 0.914 / 0.771 here
     assert s["hybrid"]["mrr"] > max(s["vector"]["mrr"], s["fts"]["mrr"])  # fusion ranks the right topic higher
-    # not yet asserted: hybrid recall@5 above vector's (0.886 vs 0.914 here; see nbs/10_rag.ipynb)
 
 
 @pytest.mark.worker

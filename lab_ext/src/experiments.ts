@@ -96,6 +96,7 @@ export class ExperimentsPanel extends Widget {
           h('button', { type: 'button', class: 'jp-mod-styled', 'data-action': 'sweep', onclick: () => void this.sweep() }, 'Sweep')),
         this.error)
     );
+    void this.refresh();
   }
 
   private values(): Record<string, unknown> {
@@ -151,11 +152,16 @@ export class ExperimentsPanel extends Widget {
   }
 
   async refresh(): Promise<void> {
+    // the runs of the loaded notebook's experiment; of every experiment before one is loaded
+    const experiment = this.notebook ? this.experiment.value.trim() : '';
     let runs: IRun[];
     try {
-      runs = await requestApi<IRun[]>('runs?limit=30');
+      runs = await requestApi<IRun[]>(`runs?limit=30${experiment ? '&experiment=' + encodeURIComponent(experiment) : ''}`);
     } catch (e) {
-      this.runs.replaceChildren(h('div', { class: 'nl-error' }, (e as Error).message));
+      const missing = experiment && (e as ApiError).status === 400 && /no experiment/.test((e as Error).message);
+      this.runs.replaceChildren(missing
+        ? h('div', { class: 'nl-empty' }, `No runs in ${experiment} yet.`)
+        : h('div', { class: 'nl-error' }, (e as Error).message));
       return;
     }
     const head = h('tr', {}, ...['run', 'status', 's', 'metrics', ''].map(t => h('th', {}, t)));
