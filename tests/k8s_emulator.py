@@ -63,6 +63,17 @@ class Emulator:
         api.user_agent = agent
         return api
 
+    def kubeconfig(self, path) -> str:
+        "Write a kubeconfig for this API server (for code that finds its cluster as users do); its path."
+        import yaml
+
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+            "clusters": [{"name": "emu", "cluster": {"server": self.url}}],
+            "users": [{"name": "lab", "user": {"token": "x"}}],
+            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "lab"}}]}))
+        return str(path)
+
     def requests(self, agent: str) -> list:
         "The requests a client with this user agent made, in order."
         return [r for r in self.k if r.headers.get("User-Agent") == agent]

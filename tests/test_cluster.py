@@ -333,12 +333,7 @@ def test_sweep_on_the_cluster_runs_each_variant_as_a_job(tmp_path, mlflow_server
     path = tmp_path / "exp.ipynb"
     nbformat.write(nb, path)
     with Emulator() as k8s, Kubelet(k8s, tmp_path / "pods") as kubelet:
-        (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-            "clusters": [{"name": "emu", "cluster": {"server": k8s.url}}],
-            "users": [{"name": "lab", "user": {"token": "x"}}],
-            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "lab"}}]}))
-        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        monkeypatch.setenv("KUBECONFIG", k8s.kubeconfig(tmp_path / "kubeconfig"))
         s = sweep(path, grid={"k": [1, 2, 0]}, experiment="cluster-sweep", parallel=3, target="cluster",
                   namespace=NS, metric="inv", show_progress=False)
         assert len(kubelet.seen) == 3  # one Job per variant

@@ -193,7 +193,6 @@ async def test_live_figures_and_the_worker_endpoint_through_the_lab(jp_fetch, sh
 
 async def test_cluster_workers_from_the_api(jp_fetch, tmp_path, monkeypatch):
     """Launch, list, scale, read logs of and stop a cluster worker through the API, against kmock's emulator."""
-    import yaml
     from k8s_emulator import Emulator
     from kubernetes import client
 
@@ -202,12 +201,7 @@ async def test_cluster_workers_from_the_api(jp_fetch, tmp_path, monkeypatch):
     code, e = await call(jp_fetch, "POST", "workers", {"target": "cluster", "name": "chat"})
     assert (code, e["field"]) == (400, "target") and "KUBECONFIG" in e["error"]
     with Emulator() as k8s:
-        (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-            "clusters": [{"name": "emu", "cluster": {"server": k8s.url}}],
-            "users": [{"name": "lab", "user": {"token": "x"}}],
-            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "lab"}}]}))
-        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        monkeypatch.setenv("KUBECONFIG", k8s.kubeconfig(tmp_path / "kubeconfig"))
         for body, fld, status in [({"name": "Not_DNS"}, "name", 400), ({"gpus_per_replica": 99}, "gpus_per_replica", 403)]:
             code, e = await call(jp_fetch, "POST", "workers", {"target": "cluster", **body})
             assert (code, e["field"]) == (status, fld), e

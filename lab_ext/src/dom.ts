@@ -1,4 +1,5 @@
 // Small DOM helpers: the panels are plain Lumino widgets (no framework), built from these.
+import { Widget } from '@lumino/widgets';
 
 type Attrs = Record<string, string | number | boolean | undefined | ((e: Event) => void)>;
 
@@ -42,4 +43,25 @@ export function row(label: string, input: HTMLElement, hint = ''): HTMLElement {
 
 export function fmt(x: number | null | undefined, digits = 1): string {
   return x === null || x === undefined ? '–' : x.toFixed(digits);
+}
+
+/** A side panel that refreshes itself every few seconds while it is visible, and not otherwise. */
+export abstract class LivePanel extends Widget {
+  abstract refresh(): Promise<void>;
+  protected refreshMs = 3000;
+  private timer: number | undefined;
+
+  protected onAfterShow(): void {
+    void this.refresh();
+    this.timer = window.setInterval(() => void this.refresh(), this.refreshMs);
+  }
+
+  protected onAfterHide(): void {
+    window.clearInterval(this.timer);
+  }
+
+  dispose(): void {
+    window.clearInterval(this.timer);
+    super.dispose();
+  }
 }

@@ -1,12 +1,9 @@
 // The Experiments panel: pick a notebook, fill its parameters in a form generated from its
 // `parameters` cell, run it (or sweep it) as a tracked job, and follow the runs.
 import { Notification } from '@jupyterlab/apputils';
-import { Widget } from '@lumino/widgets';
 
 import { ApiError, IParam, IRun, postJson, requestApi } from './api';
-import { fmt, h, row } from './dom';
-
-const REFRESH_MS = 3000;
+import { fmt, h, LivePanel, row } from './dom';
 
 export interface IExperimentsHost {
   openNotebook(path: string): void;
@@ -28,7 +25,7 @@ function parse(kind: string, raw: string): unknown {
   }
 }
 
-export class ExperimentsPanel extends Widget {
+export class ExperimentsPanel extends LivePanel {
   constructor(private host: IExperimentsHost) {
     super();
     this.id = 'notelab-experiments';
@@ -52,7 +49,6 @@ export class ExperimentsPanel extends Widget {
   private experiment = h('input', { name: 'experiment' });
   private parallel = h('input', { name: 'parallel', type: 'number', min: 1, max: 8, value: 1 });
   private error = h('div', { class: 'nl-error', 'data-testid': 'run-error' });
-  private timer: number | undefined;
   private notebook = '';
 
   /** Show the form for a notebook's parameters. */
@@ -182,17 +178,4 @@ export class ExperimentsPanel extends Widget {
     );
   }
 
-  protected onAfterShow(): void {
-    void this.refresh();
-    this.timer = window.setInterval(() => void this.refresh(), REFRESH_MS);
-  }
-
-  protected onAfterHide(): void {
-    window.clearInterval(this.timer);
-  }
-
-  dispose(): void {
-    window.clearInterval(this.timer);
-    super.dispose();
-  }
 }

@@ -4,12 +4,10 @@ import { Clipboard, Dialog, MainAreaWidget, Notification, showDialog } from '@ju
 import { Widget } from '@lumino/widgets';
 
 import { ApiError, fetchApi, IMetrics, IModel, IWorker, labUrl, postJson, requestApi, targetQuery } from './api';
-import { fmt, h, row } from './dom';
+import { fmt, h, LivePanel, row } from './dom';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-const REFRESH_MS = 3000;
-
-export class WorkersPanel extends Widget {
+export class WorkersPanel extends LivePanel {
   constructor(private openLogs: (w: IWorker) => void) {
     super();
     this.id = 'notelab-workers';
@@ -35,7 +33,6 @@ export class WorkersPanel extends Widget {
   private gpuRow = row('GPUs per replica', this.gpus);
   private extra = h('input', { name: 'extra', placeholder: 'e.g. --max-model-len 2048' });
   private error = h('div', { class: 'nl-error', 'data-testid': 'launch-error' });
-  private timer: number | undefined;
   private metrics = new Map<string, IMetrics>();
 
   private buildForm(): void {
@@ -226,17 +223,7 @@ export class WorkersPanel extends Widget {
 
   protected onAfterShow(): void {
     void this.loadModels().catch(e => (this.error.textContent = `Cannot list models: ${e.message}`));
-    void this.refresh();
-    this.timer = window.setInterval(() => void this.refresh(), REFRESH_MS);
-  }
-
-  protected onAfterHide(): void {
-    window.clearInterval(this.timer);
-  }
-
-  dispose(): void {
-    window.clearInterval(this.timer);
-    super.dispose();
+    super.onAfterShow();
   }
 }
 
