@@ -212,3 +212,39 @@ def test_mlflow_opens_from_the_launcher_inside_the_lab(page, lab):
     r = httpx.post(f"{lab.url}mlflow/ajax-api/2.0/mlflow/experiments/search", json={"max_results": 50},
                    headers={"Authorization": f"token {lab.token}"}, timeout=60)
     assert r.status_code == 200 and "experiments" in r.json()
+
+
+@pytest.mark.worker
+def test_widgets_render_and_work_in_a_lab_notebook(page, lab, shared):
+    "notelab.widgets in a real notebook: the worker picker shows live figures, the search box finds hits."
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "from pathlib import Path\nfrom notelab.rag import ingest\n"
+        "Path('notes').mkdir(exist_ok=True)\n"
+        "Path('notes/retry.md').write_text('# Retrying\\nUse exponential backoff when a request fails.\\n')\n"
+        "Path('notes/cache.md').write_text('# Caching\\nKeep results in an LRU cache to avoid recomputing them.\\n')\n"
+        "ingest('notes', 'widgets-kb', show_progress=False);"),
+        nbformat.v4.new_code_cell("from notelab.widgets import SearchBox, WorkerPicker\n"
+                                  f"WorkerPicker({shared!r}, interval=2)"),
+        nbformat.v4.new_code_cell("SearchBox('widgets-kb', k=2)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, lab.root / "widgets.ipynb")
+    page.locator(".jp-DirListing-item", has_text="widgets.ipynb").dblclick()
+    page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status=idle]").wait_for(timeout=60_000)
+    page.locator(".lm-MenuBar-item", has_text="Run").click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+
+    picker = page.locator(".jp-OutputArea-output .widget-vbox", has=page.locator(".widget-dropdown")).first
+    picker.locator("select option", has_text=f"{shared} · ready").first.wait_for(state="attached", timeout=120_000)
+    page.wait_for_function("() => [...document.querySelectorAll('.widget-html')]"
+                           ".some(e => /running \\d+ · waiting \\d+ · .* tok\\/s · KV cache/.test(e.textContent))",
+                           timeout=60_000)
+    assert picker.locator("button", has_text="Launch").is_visible()
+
+    search = page.locator(".widget-text input[placeholder='search…']")
+    search.fill("how should a failed request be retried")
+    search.press("Enter")  # the box searches when the query is committed
+    hits = page.locator(".jp-OutputArea-output ol li")
+    hits.first.wait_for(timeout=60_000)
+    assert hits.count() == 2 and "retry.md" in hits.first.inner_text()
+    shot(page, "widgets-notebook")
