@@ -52,7 +52,8 @@ def lab(tmp_path_factory):
     p = nbformat.v4.new_code_cell("k = 5  # how hard to try\nlabel = 'first'")
     p.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# A tiny experiment"), p,
-                nbformat.v4.new_code_cell("from notelab.experiments import log_metric\nlog_metric('score', k * 2)")]
+                nbformat.v4.new_code_cell("from notelab.experiments import log_examples, log_metric\nlog_metric('score', k * 2)\n"
+                                          "log_examples([{'id': f'q{i}', 'score': i * k} for i in range(6)])")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, root / "exp.ipynb")
     with socket.socket() as s:
@@ -199,6 +200,22 @@ def test_run_as_experiment_from_the_file_browser(page, lab):
     shot(page, "experiments-sweep")
     runs = api(lab, "runs?experiment=exp")
     assert sorted(r["metrics"].get("score") for r in runs if r["parent_run_id"]) == [2.0, 4.0]
+
+    # A/B: tick the two variants (k=1 first, so it is A) and compare them on their per-example scores
+    table = page.locator("[data-testid=runs]")
+    table.locator("tr", has_text="score 2.000").locator("[data-action=pick]").check()
+    assert "tick a second run" in page.locator("[data-testid=compare-bar]").inner_text()
+    table.locator("tr", has_text="score 4.000").locator("[data-action=pick]").check()
+    bar = page.locator("[data-testid=compare-bar]")
+    assert bar.locator("select[name=compare-metric]").input_value() == "score"
+    bar.locator("[data-action=compare]").click()
+    stats = page.locator("[data-testid=compare-stats]")
+    stats.wait_for(timeout=60_000)
+    assert stats.locator("tr[data-stat='delta (B − A)'] td").inner_text() == "+2.5"
+    assert stats.locator("tr[data-stat='B better / A better'] td").inner_text().startswith("5 / 0")
+    assert page.locator("[data-testid=pairs] tbody tr").first.inner_text().split()[0] == "q5"  # largest change first
+    page.wait_for_function("() => document.querySelector('[data-testid=compare-plot]').naturalWidth > 0")
+    shot(page, "experiments-compare")
 
 
 def test_mlflow_opens_from_the_launcher_inside_the_lab(page, lab):

@@ -12,7 +12,7 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 ENDPOINTS = [("GET", "models"), ("GET", "workers"), ("POST", "workers"), ("GET", "workers/x"),
              ("DELETE", "workers/x"), ("POST", "workers/x/scale"), ("GET", "workers/x/logs"),
              ("GET", "workers/x/metrics"), ("GET", "notebooks/parameters"), ("GET", "runs"), ("POST", "runs"),
-             ("GET", "runs/x"), ("POST", "sweeps")]
+             ("GET", "runs/x"), ("POST", "sweeps"), ("GET", "compare")]
 
 
 @pytest.fixture
@@ -25,7 +25,9 @@ def tiny(jp_root_dir):
     nb = nbformat.v4.new_notebook()
     p = nbformat.v4.new_code_cell("k = 5")
     p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, nbformat.v4.new_code_cell("from notelab.experiments import log_metric\nlog_metric('score', k * 2)")]
+    nb.cells = [p, nbformat.v4.new_code_cell("from notelab.experiments import log_examples, log_metric\n"
+                                             "log_metric('score', k * 2)\n"
+                                             "log_examples([{'id': f'q{i}', 'score': i * k} for i in range(6)])")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, jp_root_dir / "tiny.ipynb")
     return "tiny.ipynb"
@@ -162,6 +164,23 @@ async def test_sweeps_from_the_api(jp_fetch, tiny):
     parent = next(x for x in runs if not x["parent_run_id"])
     variants = [x for x in runs if x["parent_run_id"] == parent["run_id"]]
     assert parent["status"] == "FINISHED" and sorted(x["metrics"]["score"] for x in variants) == [2.0, 4.0], runs
+
+    # the two variants compared on their per-example scores, as `notelab compare` does
+    a, b = sorted(variants, key=lambda x: x["metrics"]["score"])
+    code, c = await call(jp_fetch, "GET", "compare", params={"a": a["run_id"], "b": b["run_id"][:12], "metric": "score"})
+    assert code == 200, c
+    assert (c["a"], c["b"], c["n"], c["delta"], c["b_better"], c["a_better"]) == (a["run_id"], b["run_id"], 6, 2.5, 5, 0)
+    assert c["ci"][0] <= 2.5 <= c["ci"][1] and 0 < c["p_value"] < 1 and c["key"] == "id"
+    assert c["pairs"][0] == {"key": "q5", "a": 5.0, "b": 10.0, "diff": 5.0}  # the largest change first
+    assert c["plot"].startswith("data:image/png;base64,") and c["name_a"] == a["name"]
+    for params, fld, status in [({"a": "nobody", "b": b["run_id"], "metric": "score"}, "a", 404),
+                                ({"a": a["run_id"], "metric": "score"}, "b", 400),
+                                ({"a": a["run_id"], "b": b["run_id"], "metric": "nope"}, "metric", 400),
+                                ({"a": a["run_id"], "b": b["run_id"], "metric": "score", "confidence": "2"}, "confidence", 400)]:
+        code, e = await call(jp_fetch, "GET", "compare", params=params)
+        assert (code, e["field"]) == (status, fld), (params, e)
+    assert "numeric columns: score" in (await call(jp_fetch, "GET", "compare", params={
+        "a": a["run_id"], "b": b["run_id"], "metric": "nope"}))[1]["error"]
 
 
 @pytest.mark.worker

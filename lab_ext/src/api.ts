@@ -112,3 +112,26 @@ export interface IRun {
   parent_run_id: string | null;
   error: string | null;
 }
+
+export interface IComparison {
+  a: string;
+  b: string;
+  name_a: string;
+  name_b: string;
+  metric: string;
+  n: number;
+  mean_a: number;
+  mean_b: number;
+  delta: number;
+  ci: [number, number];
+  confidence: number;
+  p_value: number;
+  significant: boolean;
+  unpaired: number;
+  verdict: string;
+  a_better: number;
+  b_better: number;
+  key: string | null;
+  pairs: { key: string; a: number; b: number; diff: number }[];
+  plot: string;
+}

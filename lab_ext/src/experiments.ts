@@ -8,6 +8,7 @@ import { fmt, h, LivePanel, row } from './dom';
 export interface IExperimentsHost {
   openNotebook(path: string): void;
   openMlflow(path: string): void;
+  openCompare(a: string, b: string, metric: string): void;
 }
 
 /** A parameter's value from its input: numbers, booleans and JSON for the rest; strings as typed. */
@@ -38,6 +39,7 @@ export class ExperimentsPanel extends LivePanel {
         h('button', { type: 'submit', class: 'jp-mod-styled' }, 'Load parameters')),
       this.params,
       h('h3', {}, 'Runs'),
+      this.compareBar,
       this.runs
     );
   }
@@ -50,6 +52,48 @@ export class ExperimentsPanel extends LivePanel {
   private parallel = h('input', { name: 'parallel', type: 'number', min: 1, max: 8, value: 1 });
   private error = h('div', { class: 'nl-error', 'data-testid': 'run-error' });
   private notebook = '';
+  // A/B: two finished runs ticked in the table (the first ticked is A), compared on a metric both have
+  private picked: string[] = [];
+  private shown = new Map<string, IRun>();
+  private metric = h('select', { name: 'compare-metric', title: 'a per-example column both runs logged' });
+  private pickedLabel = h('span', { class: 'nl-dim' });
+  private compareButton = h('button', {
+    type: 'button', class: 'jp-mod-styled nl-small', 'data-action': 'compare',
+    onclick: () => this.host.openCompare(this.picked[0], this.picked[1], this.metric.value)
+  }, 'Compare');
+  private compareBar = h('div', { class: 'nl-compare-bar', 'data-testid': 'compare-bar', hidden: true },
+    this.pickedLabel, this.metric, this.compareButton);
+
+  private pick(id: string, on: boolean): void {
+    this.picked = this.picked.filter(x => x !== id);
+    if (on) {
+      this.picked = [...this.picked, id].slice(-2);
+    }
+    this.runs.querySelectorAll<HTMLInputElement>('input[data-action=pick]').forEach(box => {
+      box.checked = this.picked.includes(box.closest('tr')!.dataset.run!);
+    });
+    this.updateCompareBar();
+  }
+
+  private updateCompareBar(): void {
+    const [a, b] = this.picked.map(id => this.shown.get(id));
+    this.compareBar.hidden = !a;
+    if (!a) {
+      return;
+    }
+    this.pickedLabel.textContent = b ? `A ${a.name} · B ${b.name} on` : `A ${a.name}: tick a second run (B) to compare`;
+    const common = b ? Object.keys(a.metrics).filter(m => m in b.metrics) : [];
+    const keep = this.metric.value;
+    if (common.join() !== [...this.metric.options].map(o => o.value).join()) {
+      this.metric.replaceChildren(...common.map(m => h('option', { value: m }, m)));
+      if (common.includes(keep)) {
+        this.metric.value = keep;
+      }
+    }
+    this.metric.hidden = !b;
+    this.compareButton.hidden = !b;
+    this.compareButton.disabled = !common.length;
+  }
 
   /** Show the form for a notebook's parameters. */
   async load(path: string): Promise<void> {
@@ -160,10 +204,18 @@ export class ExperimentsPanel extends LivePanel {
         : h('div', { class: 'nl-error' }, (e as Error).message));
       return;
     }
-    const head = h('tr', {}, ...['run', 'status', 's', 'metrics', ''].map(t => h('th', {}, t)));
+    this.shown = new Map(runs.map(r => [r.run_id, r]));
+    this.picked = this.picked.filter(id => this.shown.get(id)?.status === 'FINISHED');
+    this.updateCompareBar();
+    const head = h('tr', {}, ...['', 'run', 'status', 's', 'metrics', ''].map(t => h('th', {}, t)));
     const body = runs.map(r => {
       const metrics = Object.entries(r.metrics).slice(0, 4).map(([k, v]) => `${k} ${fmt(v, 3)}`).join(', ');
       return h('tr', { 'data-run': r.run_id, 'data-status': r.status },
+        h('td', {}, r.status === 'FINISHED'
+          ? h('input', { type: 'checkbox', 'data-action': 'pick', title: 'tick two runs to compare them (A/B)',
+            checked: this.picked.includes(r.run_id),
+            onchange: (e: Event) => this.pick(r.run_id, (e.target as HTMLInputElement).checked) })
+          : null),
         h('td', { title: `${r.experiment} / ${r.run_id}` }, r.parent_run_id ? `↳ ${r.name}` : r.name),
         h('td', { class: `nl-status-${r.status}` }, r.status),
         h('td', {}, fmt(r.duration_s, 0)),

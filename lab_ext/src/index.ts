@@ -8,6 +8,7 @@ import { ILauncher } from '@jupyterlab/launcher';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { labUrl } from './api';
+import { comparePanel, comparePanelId } from './compare';
 import { ExperimentsPanel } from './experiments';
 import { logPanel } from './workers';
 import { WorkersPanel } from './workers';
@@ -58,7 +59,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
     workers.title.icon = workersIcon;
     const experiments = new ExperimentsPanel({
       openNotebook: path => void docs.openOrReveal(path),
-      openMlflow: hash => void commands.execute(CommandIDs.mlflow, { hash })
+      openMlflow: hash => void commands.execute(CommandIDs.mlflow, { hash }),
+      openCompare: (a, b, metric) => {
+        const id = comparePanelId(a, b, metric);
+        if (![...shell.widgets('main')].some(w => w.id === id)) {  // finished runs do not change: reuse it
+          shell.add(comparePanel(a, b, metric), 'main');
+        }
+        shell.activateById(id);
+      }
     });
     experiments.title.icon = experimentsIcon;
     shell.add(workers, 'left', { rank: 600 });

@@ -821,11 +821,13 @@ class Comparison:
                 "mean_b": self.mean_b, "delta": self.delta, "ci": list(self.ci), "confidence": self.confidence,
                 "p_value": self.p_value, "significant": self.significant, "unpaired": self.unpaired}
 
-    def plot(self):
-        "Paired scores (A against B) and the distribution of differences with the mean and its CI."
-        import matplotlib.pyplot as plt
+    def plot(self, fig=None):
+        "Paired scores (A against B) and the distribution of differences with the mean and its CI (on `fig`, if given)."
+        if fig is None:
+            import matplotlib.pyplot as plt
 
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+            fig = plt.figure(figsize=(10, 4))
+        ax1, ax2 = fig.subplots(1, 2)
         a, b = self.pairs["A"], self.pairs["B"]
         lo_, hi_ = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
         ax1.scatter(a, b, alpha=0.6)

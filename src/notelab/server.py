@@ -22,10 +22,10 @@ from .settings import settings
 
 # %% auto #0
 __all__ = ['ROUTES', 'InputError', 'field', 'check_launch', 'launch_in_background', 'workers_json', 'cluster_spec', 'cluster',
-           'cluster_json', 'relative_output', 'start_api_run', 'start_api_sweep', 'parse_vllm_metrics',
+           'cluster_json', 'relative_output', 'start_api_run', 'start_api_sweep', 'compare_json', 'parse_vllm_metrics',
            'worker_metrics', 'pick_replica', 'mlflow_proxy', 'ModelsHandler', 'WorkersHandler', 'WorkerHandler',
            'ScaleHandler', 'LogsHandler', 'ParamsHandler', 'RunsHandler', 'RunHandler', 'MetricsHandler',
-           'SweepsHandler', 'WorkerProxyHandler']
+           'CompareHandler', 'SweepsHandler', 'WorkerProxyHandler']
 
 # %% ../../nbs/17_server.ipynb #f5e6675a
 class InputError(Exception):
@@ -249,6 +249,47 @@ def start_api_sweep(root: Path, body: dict) -> dict:
     _background([sys.executable, "-c", code], nb.parent,
                 {"notebook": str(nb), "grid": grid, "params": params, "parallel": parallel, "experiment": experiment})
     return {"experiment": experiment, "status": "RUNNING", "notebook": rel, "variants": n}
+
+# %% ../../nbs/17_server.ipynb #f07a0388
+def compare_json(a: str, b: str, metric: str, confidence: str = "0.95") -> dict:
+    "`GET compare?a=RUN&b=RUN&metric=M`: the comparison, its plot and the pairs, largest change first."
+    import base64
+    import io
+
+    from matplotlib.figure import Figure  # no pyplot: nothing global in the server's threads
+
+    from notelab.experiments import ExperimentError, RunNotFoundError, compare, get_run
+
+    names = {}
+    for fld, ref in (("a", a), ("b", b)):
+        if not ref:
+            raise InputError(fld, f"{fld}: give a run id or name")
+        try:
+            names[fld] = get_run(ref).info.run_name
+        except RunNotFoundError as e:
+            raise InputError(fld, str(e), 404) from None
+    if not metric:
+        raise InputError("metric", "metric: name a per-example column both runs logged")
+    try:
+        level = float(confidence)
+    except ValueError:
+        raise InputError("confidence", "confidence: a level between 0 and 1, like 0.95") from None
+    try:
+        c = compare(a, b, metric, confidence=level)
+    except ExperimentError as e:
+        msg = str(e)
+        raise InputError("confidence" if "confidence" in msg else "metric", msg) from None
+    fig = c.plot(Figure(figsize=(10, 4)))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    key = next(col for col in c.pairs.columns if col not in ("A", "B", "diff"))
+    pairs = c.pairs.assign(_abs=c.pairs["diff"].abs()).sort_values("_abs", ascending=False, kind="stable")
+    return {**c.to_dict(), "name_a": names["a"], "name_b": names["b"], "verdict": c.verdict(),
+            "b_better": int((c.pairs["diff"] > 0).sum()), "a_better": int((c.pairs["diff"] < 0).sum()),
+            "key": None if key == "_row" else key,
+            "pairs": [{"key": str(r[key]), "a": float(r["A"]), "b": float(r["B"]), "diff": float(r["diff"])}
+                      for _, r in pairs.iterrows()],
+            "plot": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}
 
 # %% ../../nbs/17_server.ipynb #23d62124
 import itertools
@@ -539,6 +580,13 @@ class MetricsHandler(_Base):
         await self.guarded(worker_metrics, name)
 
 
+class CompareHandler(_Base):
+    @web.authenticated
+    async def get(self):
+        arg = self.get_argument
+        await self.guarded(compare_json, arg("a", ""), arg("b", ""), arg("metric", ""), arg("confidence", "0.95"))
+
+
 class SweepsHandler(_Base):
     @web.authenticated
     async def post(self):
@@ -589,7 +637,8 @@ class WorkerProxyHandler(APIHandler):
 ROUTES = [("models", ModelsHandler), ("workers", WorkersHandler), (r"workers/([^/]+)", WorkerHandler),
           (r"workers/([^/]+)/scale", ScaleHandler), (r"workers/([^/]+)/logs", LogsHandler),
           (r"workers/([^/]+)/metrics", MetricsHandler), ("notebooks/parameters", ParamsHandler),
-          ("runs", RunsHandler), (r"runs/([^/]+)", RunHandler), ("sweeps", SweepsHandler)]
+          ("runs", RunsHandler), (r"runs/([^/]+)", RunHandler), ("sweeps", SweepsHandler),
+          ("compare", CompareHandler)]
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
