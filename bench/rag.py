@@ -1,12 +1,13 @@
 """Knowledge-base benchmarks, each against a baseline measured in the same run.
 
-    python bench/rag.py [--sizes 10000 100000] [--queries 40] [--skip-llamaindex]
+    python bench/rag.py [--sizes 10000 100000] [--queries 40] [--skip-llamaindex] [--grid-only]
 
 1. Ingestion: chunks/s of `notelab rag ingest` on the pydoc corpus (read, chunk, embed, write, index)
    against the embedder's raw throughput on the very same chunk texts. Target: overhead under 10%.
 2. Query latency, p50 and p95 per search mode, on synthetic knowledge bases of 10k and 100k chunks
    (random unit vectors, text drawn from the corpus's words), the query embedding included.
-3. The hybrid fusion's constants (RRF_K, SIZE_PRIOR): recall@5 and MRR over a grid, beside vector and FTS alone.
+3. The hybrid fusion's constants (RRF_K, SIZE_PRIOR): recall@5 and MRR over a grid, beside vector and FTS alone,
+   on the pydoc questions (where the constants were chosen) and on the held-out standard-library set.
 4. The same corpus ingested and queried with LlamaIndex's LanceDB integration (same embedding model,
    same chunk budget): ingestion chunks/s, query latency and recall@5 on the shipped questions.
 """
@@ -26,7 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from notelab.datasets import pydoc_corpus
+from notelab.datasets import pydoc_corpus, stdlib_corpus
 from notelab.docs import chunk_sections, load
 from notelab.embed import get_embedder
 from notelab.rag import MODES, KnowledgeBase, _reindex, doc_ranking, ingest, read_qa, score_ranking
@@ -126,11 +127,40 @@ def bench_llamaindex(folder: Path, qa: list[dict]) -> dict:
             "recall@5": float(np.mean(scores))}
 
 
+def fusion_grid(kb: KnowledgeBase, qa: list[dict], qual, what: str) -> Table:
+    "Hybrid recall@5 (MRR) for a grid of RRF_K and SIZE_PRIOR, with vector and FTS alone in the title."
+    import notelab.rag as rag
+
+    ks, priors = (2, 5, 10, 20, 60), (0.0, 0.05, 0.1, 0.15, 0.2)
+    t = Table(title=f"{what}: hybrid recall@5 (MRR) by RRF_K (rows) and SIZE_PRIOR (columns); vector alone "
+                    f"{qual.loc['vector', 'recall@5']:.3f} ({qual.loc['vector', 'mrr']:.3f}), FTS alone "
+                    f"{qual.loc['fts', 'recall@5']:.3f} ({qual.loc['fts', 'mrr']:.3f}); "
+                    f"chosen: RRF_K={rag.RRF_K}, SIZE_PRIOR={rag.SIZE_PRIOR}",
+              title_justify="left")
+    t.add_column("RRF_K", justify="right")
+    for p in priors:
+        t.add_column(f"{p}", justify="right")
+    chosen = rag.RRF_K, rag.SIZE_PRIOR
+    try:
+        for k in ks:
+            cells = []
+            for p in priors:
+                rag.RRF_K, rag.SIZE_PRIOR = k, p
+                e = kb.evaluate(qa, k=5, modes=["hybrid"], show_progress=False).iloc[0]
+                cell = f"{e['recall@5']:.3f} ({e['mrr']:.3f})"
+                cells.append(f"[bold]{cell}[/]" if (k, p) == chosen else cell)
+            t.add_row(str(k), *cells)
+    finally:
+        rag.RRF_K, rag.SIZE_PRIOR = chosen
+    return t
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--skip-llamaindex", action="store_true")
+    ap.add_argument("--grid-only", action="store_true", help="ingestion and the fusion grids only")
     a = ap.parse_args()
     folder, qa_path = pydoc_corpus(tempfile.mkdtemp(prefix="bench-corpus-"))
     qa = read_qa(qa_path)
@@ -146,6 +176,18 @@ def main():
 
     kb = KnowledgeBase.open("bench-ingest")
     qual = kb.evaluate(qa, k=5, show_progress=False).set_index("mode")
+
+    # the hybrid fusion's two constants: recall@5 (MRR) over a grid, vector alone and FTS alone beside it,
+    # on the questions they were chosen on and on the held-out standard-library set
+    console.print(fusion_grid(kb, qa, qual, "pydoc questions (the constants were chosen on these)"))
+    sfolder, sqa = stdlib_corpus(tempfile.mkdtemp(prefix="bench-corpus-"))
+    ingest(sfolder, "bench-stdlib", show_progress=False)
+    skb = KnowledgeBase.open("bench-stdlib")
+    squal = skb.evaluate(sqa, k=5, show_progress=False).set_index("mode")
+    console.print(fusion_grid(skb, read_qa(sqa), squal, f"stdlib questions, held out ({skb.info()['chunks']} chunks)"))
+    if a.grid_only:
+        return
+
     words = " ".join(f.read_text() for f in folder.glob("*.txt")).split()
     t = Table(title="query latency (ms, k=5, query embedding included)", title_justify="left")
     for c in ("chunks", *(f"{m} p50" for m in MODES), *(f"{m} p95" for m in MODES)):
@@ -156,30 +198,6 @@ def main():
         skb = synthetic_kb(f"bench-{n}", n, words)
         lat = bench_queries(skb, questions)
         t.add_row(f"{n:,} (synthetic)", *(f"{lat[m][0]:.1f}" for m in MODES), *(f"{lat[m][1]:.1f}" for m in MODES))
-    console.print(t)
-
-    # the hybrid fusion's two constants: recall@5 (MRR) over a grid, vector alone and FTS alone beside it
-    import notelab.rag as rag
-
-    ks, priors = (2, 5, 10, 20, 60), (0.0, 0.05, 0.1, 0.15, 0.2)
-    t = Table(title=f"hybrid recall@5 (MRR) by RRF_K (rows) and SIZE_PRIOR (columns); vector alone "
-                    f"{qual.loc['vector', 'recall@5']:.3f} ({qual.loc['vector', 'mrr']:.3f}), FTS alone "
-                    f"{qual.loc['fts', 'recall@5']:.3f}; chosen: RRF_K={rag.RRF_K}, SIZE_PRIOR={rag.SIZE_PRIOR}",
-              title_justify="left")
-    t.add_column("RRF_K", justify="right")
-    for p in priors:
-        t.add_column(f"{p}", justify="right")
-    chosen = rag.RRF_K, rag.SIZE_PRIOR
-    try:
-        for k in ks:
-            cells = []
-            for p in priors:
-                rag.RRF_K, rag.SIZE_PRIOR = k, p
-                e = kb.evaluate(qa, k=5, modes=["hybrid"], show_progress=False).iloc[0]
-                cells.append(f"{e['recall@5']:.3f} ({e['mrr']:.3f})")
-            t.add_row(str(k), *cells)
-    finally:
-        rag.RRF_K, rag.SIZE_PRIOR = chosen
     console.print(t)
 
     if not a.skip_llamaindex:

@@ -411,13 +411,17 @@ def rag_eval(kb: str = typer.Option(..., "--kb", help="Knowledge base name."),
 
 
 @rag_app.command("corpus")
-def rag_corpus(dest: Optional[str] = typer.Option(None, help="Folder to write into (default: <data_dir>/corpora).")):
-    "Write the Python language reference topics (one file per topic) and their question set."
-    from notelab.datasets import pydoc_corpus
+def rag_corpus(name: str = typer.Argument("pydoc", help="pydoc (the language reference) or stdlib (module docs)."),
+               dest: Optional[str] = typer.Option(None, help="Folder to write into (default: <data_dir>/corpora).")):
+    "Write a shipped corpus (one file per topic or module) and its labelled question set."
+    from notelab.datasets import pydoc_corpus, stdlib_corpus
 
-    folder, qa = pydoc_corpus(dest)
-    out.print(f"topics: {folder}\nquestions: {qa}")
-    out.print(f"try: notelab rag ingest {folder} --kb pydoc && notelab rag eval --kb pydoc --qa {qa}")
+    makers = {"pydoc": pydoc_corpus, "stdlib": stdlib_corpus}
+    if name not in makers:
+        raise NotelabError(f"corpus {name!r}: use one of {', '.join(makers)}")
+    folder, qa = makers[name](dest)
+    out.print(f"documents: {folder}\nquestions: {qa}")
+    out.print(f"try: notelab rag ingest {folder} --kb {name} && notelab rag eval --kb {name} --qa {qa}")
 
 # %% ../../nbs/06_cli.ipynb #bd3ebdcd
 @app.command("chat")
