@@ -336,6 +336,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'notelab.experiments._optuna': ('experiments.html#_optuna', 'notelab/experiments.py'),
                                      'notelab.experiments._progress_on': ('experiments.html#_progress_on', 'notelab/experiments.py'),
                                      'notelab.experiments._pstr': ('experiments.html#_pstr', 'notelab/experiments.py'),
+                                     'notelab.experiments._quiet_ipykernel': ( 'experiments.html#_quiet_ipykernel',
+                                                                               'notelab/experiments.py'),
                                      'notelab.experiments._summary': ('experiments.html#_summary', 'notelab/experiments.py'),
                                      'notelab.experiments._writing': ('experiments.html#_writing', 'notelab/experiments.py'),
                                      'notelab.experiments.check_params': ('experiments.html#check_params', 'notelab/experiments.py'),

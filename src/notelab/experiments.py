@@ -455,14 +455,27 @@ def _execute(nb: Path, out: Path, params: dict, folder: Path, run_id: str, *, ke
     import papermill
 
     logging.getLogger("papermill").setLevel(logging.WARNING)
-    if kernel is None and "kernelspec" not in nbformat.read(nb, as_version=4).metadata:
+    meta = nbformat.read(nb, as_version=4).metadata
+    if kernel is None and "kernelspec" not in meta:
         kernel = "python3"  # a notebook saved without one (jupytext, nbdev-clean): this environment's Python
+    extra = _quiet_ipykernel(kernel or meta.get("kernelspec", {}).get("name", "python3"))
     with _ENV_LOCK, _env(NOTELAB_RUN_DIR=folder, NOTELAB_RUN_ID=run_id, MLFLOW_RUN_ID=run_id,
                          MLFLOW_TRACKING_URI=tracking_uri()):
         # the kernel starts inside: it inherits the run's environment; the lock is held until the run ends
         papermill.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel,
                                    progress_bar=show_progress and _progress_on(), cwd=str(nb.parent),
-                                   execution_timeout=timeout)
+                                   execution_timeout=timeout, extra_arguments=extra)
+
+
+def _quiet_ipykernel(name: str) -> list[str]:
+    "An IPython kernel logs only errors (not its warning about local TCP on every run); other kernels as they are."
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        argv = KernelSpecManager().get_kernel_spec(name).argv
+    except NoSuchKernel:
+        return []  # papermill says so, naming the kernel
+    return ["--IPKernelApp.log_level=ERROR"] if any("ipykernel" in a for a in argv) else []
 
 
 def _progress_on() -> bool:
