@@ -159,6 +159,15 @@ def test_runs_ls_json(tiny, experiment):
     assert row["run_id"] == d["run_id"] and row["metrics"] == {"score": 5.0} and row["params"]["k"] == "5"
     assert Path(row["output_notebook"]).is_file()
 
+    # one run, whole, by the start of its id that `runs ls` shows
+    one = as_json(notelab("runs", "show", d["run_id"][:12], "--json"))
+    assert one["run_id"] == d["run_id"] and one["source"]["notebook"] == str(tiny) and one["source"]["sha256"]
+    assert one["examples"] == ["examples"] and set(one["artifacts"]) == {"examples", "tiny.ipynb"}
+    text = notelab("runs", "show", d["run_id"][:12]).stdout
+    assert "FINISHED" in text and "score" in text and "per-example tables: examples" in text
+    r = notelab("runs", "show", "no-such-run")
+    assert r.returncode == 1 and "no run 'no-such-run'" in r.stderr
+
 
 @pytest.mark.worker
 def test_rag_eval_notebook_records_what_it_used(shared, experiment):

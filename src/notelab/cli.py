@@ -24,8 +24,8 @@ from .core import NotelabError, use_progress
 __all__ = ['app', 'models_app', 'worker_app', 'out', 'err', 'rag_app', 'runs_app', 'agents_app', 'settings_cmd', 'models_pull',
            'models_add', 'models_ls', 'models_rm', 'worker_up', 'worker_ls', 'worker_logs_cmd', 'worker_scale',
            'worker_down', 'worker_env', 'rag_ingest', 'rag_ls', 'rag_rm', 'rag_drop', 'rag_search', 'rag_ask',
-           'rag_eval', 'rag_corpus', 'chat', 'run_cmd', 'sweep_cmd', 'compare_cmd', 'runs_ls', 'agents_check',
-           'agents_run', 'lab_extension_path', 'lab_cmd', 'main']
+           'rag_eval', 'rag_corpus', 'chat', 'run_cmd', 'sweep_cmd', 'compare_cmd', 'runs_ls', 'runs_show',
+           'agents_check', 'agents_run', 'lab_extension_path', 'lab_cmd', 'main']
 
 # %% ../../nbs/06_cli.ipynb #ec54a04e
 app = typer.Typer(help="notelab: vLLM workers, agents, RAG and tracked experiments for notebooks.",
@@ -633,6 +633,35 @@ def runs_ls(experiment: Optional[str] = typer.Option(None, help="Only this exper
            [[r["run_id"][:12], r["name"], r["experiment"], r["status"], r["duration_s"],
              _short(", ".join(f"{k}={v}" for k, v in r["params"].items()), 50),
              _short(", ".join(f"{k}={v:.4g}" for k, v in r["metrics"].items()), 60)] for r in rows])
+
+@runs_app.command("show")
+def runs_show(ref: str = typer.Argument(..., help="A run id, the start of one (as `runs ls` shows it), or a name."),
+              as_json: bool = typer.Option(False, "--json", help="Everything as one JSON object.")):
+    "One run, whole: parameters, metrics, what it used, where its code came from, its artifacts and examples."
+    from notelab.experiments import describe_run
+
+    d = describe_run(ref)
+    if as_json:
+        return _json(d)
+    colour = {"FINISHED": "green", "FAILED": "red", "RUNNING": "yellow"}.get(d["status"], "white")
+    out.print(f"[bold]{escape(d['name'])}[/] [{colour}]{d['status']}[/] in {d['duration_s']} s · run {d['run_id']} "
+              f"in experiment '{escape(d['experiment'])}' ({d['target']})")
+    if d["error"]:
+        out.print(f"[red]error: {escape(d['error'])}[/]")
+    _table("parameters", ["name", "value"], [[k, v] for k, v in d["params"].items()])
+    if d["metrics"]:
+        _table("metrics", ["metric", "value"], [[k, f"{v:.4g}"] for k, v in d["metrics"].items()])
+    src = d["source"]
+    git = (f"git {src['git_commit'][:12]} on {src['git_branch']}{' (dirty)' if src['git_dirty'] else ''}"
+           if src["git_commit"] else "not in a git tree")
+    used = ", ".join(f"{k} {v}" for k, v in d["uses"].items()) or "nothing tracked"
+    out.print(f"notebook: {src['notebook']} (sha256 {(src['sha256'] or '?')[:12]}), {git}\nused: {used}")
+    if d["variants"]:
+        out.print(f"sweep: {d['variants']} variants (`notelab runs ls --parent {d['run_id']}`)")
+    if d["output_notebook"]:
+        out.print(f"output notebook: {d['output_notebook']}")
+    out.print(f"artifacts: {', '.join(d['artifacts']) or 'none'}"
+              + (f"; per-example tables: {', '.join(d['examples'])} (`notelab compare` pairs them)" if d["examples"] else ""))
 
 # %% ../../nbs/06_cli.ipynb #6434e014
 agents_app = typer.Typer(help="Run agent pipelines declared in YAML.", no_args_is_help=True)

@@ -37,7 +37,7 @@ from .settings import settings
 __all__ = ['ExperimentError', 'RunNotFoundError', 'RunFailed', 'log_metric', 'log_metrics', 'log_examples', 'logged_metrics',
            'tracking_uri', 'notebook_params', 'check_params', 'parse_value', 'read_params_file', 'Run', 'git_state',
            'start_run', 'run', 'get_run', 'list_runs', 'grid_variants', 'read_space', 'sample_variants', 'Sweep',
-           'sweep', 'examples_of', 'Comparison', 'compare']
+           'sweep', 'examples_of', 'Comparison', 'compare', 'describe_run']
 
 # %% ../../nbs/14_experiments.ipynb #7eb9c132
 class ExperimentError(NotelabError):
@@ -899,3 +899,20 @@ def compare(a: str, b: str, metric: str, *, examples: str | None = None, key: st
     ra, rb = get_run(a).info.run_id, get_run(b).info.run_id
     return Comparison(ra, rb, metric, pairs, float(pairs["A"].mean()), float(pairs["B"].mean()), float(d.mean()),
                       ci, p, confidence, unpaired)
+
+# %% ../../nbs/14_experiments.ipynb #9e15afae
+def describe_run(ref: str) -> dict:
+    "Everything a run recorded, by id, start of an id, or name."
+    r = get_run(ref)
+    client, tags, rid = _client(), r.data.tags, r.info.run_id
+    dirty = tags.get("notelab.git.dirty")
+    arts = [a.path for a in client.list_artifacts(rid)]
+    examples = [Path(a.path).stem for a in client.list_artifacts(rid, "examples")] if "examples" in arts else []
+    variants = client.search_runs([r.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{rid}'",
+                                  max_results=1000)
+    return {**Run.from_mlflow(r).to_dict(),
+            "source": {"notebook": tags.get("notelab.notebook"), "sha256": tags.get("notelab.notebook.sha256"),
+                       "git_commit": tags.get("mlflow.source.git.commit"), "git_branch": tags.get("mlflow.source.git.branch"),
+                       "git_dirty": None if dirty is None else dirty == "true"},
+            "target": tags.get("notelab.target", "local"), "artifacts": arts, "examples": examples,
+            "variants": len(variants), "artifact_uri": r.info.artifact_uri}
