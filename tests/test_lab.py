@@ -134,6 +134,7 @@ def test_nothing_answers_without_the_token(lab):
         assert r.status_code == 403 or "/login" in r.headers["location"], (path, r.headers)
 
 
+@pytest.mark.browser
 @pytest.mark.worker
 @pytest.mark.slow
 def test_workers_panel_launches_watches_and_stops_a_worker(page, lab, shared):
@@ -171,6 +172,7 @@ def test_workers_panel_launches_watches_and_stops_a_worker(page, lab, shared):
     assert "ui-worker" not in [w["name"] for w in api(lab, "workers")]
 
 
+@pytest.mark.browser
 def test_run_as_experiment_from_the_file_browser(page, lab):
     item = page.locator(".jp-DirListing-item[data-file-type='notebook']", has_text="exp.ipynb")
     item.click(button="right")
@@ -218,6 +220,7 @@ def test_run_as_experiment_from_the_file_browser(page, lab):
     shot(page, "experiments-compare")
 
 
+@pytest.mark.browser
 def test_mlflow_opens_from_the_launcher_inside_the_lab(page, lab):
     page.locator(".jp-LauncherCard[data-category=notelab]", has_text="MLflow").click()
     frame = page.frame_locator("#notelab-mlflow iframe")
@@ -231,6 +234,7 @@ def test_mlflow_opens_from_the_launcher_inside_the_lab(page, lab):
     assert r.status_code == 200 and "experiments" in r.json()
 
 
+@pytest.mark.browser
 @pytest.mark.worker
 def test_widgets_render_and_work_in_a_lab_notebook(page, lab, shared):
     "notelab.widgets in a real notebook: the worker picker shows live figures, the search box finds hits."
