@@ -6,7 +6,7 @@
    against the embedder's raw throughput on the very same chunk texts. Target: overhead under 10%.
 2. Query latency, p50 and p95 per search mode, on synthetic knowledge bases of 10k and 100k chunks
    (random unit vectors, text drawn from the corpus's words), the query embedding included.
-3. The hybrid fusion's constants (RRF_K, SIZE_PRIOR): recall@5 and MRR over a grid, beside vector and FTS alone,
+3. The hybrid fusion's constants ([rag] rrf_k, size_prior): recall@5 and MRR over a grid, beside vector and FTS alone,
    on the pydoc questions (where the constants were chosen) and on the held-out standard-library set.
 4. The same corpus ingested and queried with LlamaIndex's LanceDB integration (same embedding model,
    same chunk budget): ingestion chunks/s, query latency and recall@5 on the shipped questions.
@@ -128,30 +128,35 @@ def bench_llamaindex(folder: Path, qa: list[dict]) -> dict:
 
 
 def fusion_grid(kb: KnowledgeBase, qa: list[dict], qual, what: str) -> Table:
-    "Hybrid recall@5 (MRR) for a grid of RRF_K and SIZE_PRIOR, with vector and FTS alone in the title."
-    import notelab.rag as rag
+    "Hybrid recall@5 (MRR) over a grid of [rag] rrf_k and size_prior, with vector and FTS alone in the title."
+    from notelab.settings import settings
 
+    chosen = settings().rag.rrf_k, settings().rag.size_prior
     ks, priors = (2, 5, 10, 20, 60), (0.0, 0.05, 0.1, 0.15, 0.2)
-    t = Table(title=f"{what}: hybrid recall@5 (MRR) by RRF_K (rows) and SIZE_PRIOR (columns); vector alone "
+    t = Table(title=f"{what}: hybrid recall@5 (MRR) by rrf_k (rows) and size_prior (columns); vector alone "
                     f"{qual.loc['vector', 'recall@5']:.3f} ({qual.loc['vector', 'mrr']:.3f}), FTS alone "
                     f"{qual.loc['fts', 'recall@5']:.3f} ({qual.loc['fts', 'mrr']:.3f}); "
-                    f"chosen: RRF_K={rag.RRF_K}, SIZE_PRIOR={rag.SIZE_PRIOR}",
+                    f"settings: rrf_k={chosen[0]}, size_prior={chosen[1]}",
               title_justify="left")
-    t.add_column("RRF_K", justify="right")
+    t.add_column("rrf_k", justify="right")
     for p in priors:
         t.add_column(f"{p}", justify="right")
-    chosen = rag.RRF_K, rag.SIZE_PRIOR
+    saved = {v: os.environ.get(v) for v in ("NOTELAB_RAG_RRF_K", "NOTELAB_RAG_SIZE_PRIOR")}
     try:
         for k in ks:
             cells = []
             for p in priors:
-                rag.RRF_K, rag.SIZE_PRIOR = k, p
+                os.environ["NOTELAB_RAG_RRF_K"], os.environ["NOTELAB_RAG_SIZE_PRIOR"] = str(k), str(p)
                 e = kb.evaluate(qa, k=5, modes=["hybrid"], show_progress=False).iloc[0]
                 cell = f"{e['recall@5']:.3f} ({e['mrr']:.3f})"
                 cells.append(f"[bold]{cell}[/]" if (k, p) == chosen else cell)
             t.add_row(str(k), *cells)
     finally:
-        rag.RRF_K, rag.SIZE_PRIOR = chosen
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
     return t
 
 

@@ -187,6 +187,20 @@ def test_rag_eval_notebook_records_what_it_used(shared, experiment):
     assert tags["notelab.notebook"] == str(RAG_EVAL)
 
 
+def test_rag_eval_on_the_held_out_corpus_with_fusion_parameters(experiment):
+    "The standard library's docs and questions, hybrid search without the size correction; no answers (none to score)."
+    r = notelab("run", RAG_EVAL, "-p", "corpus", "stdlib", "-p", "size_prior", "0", "-p", "n_answers", "0",
+                "--experiment", experiment, "--json")
+    d = as_json(r)
+    assert r.returncode == 0, d.get("error")
+    assert set(d["metrics"]) == {"recall", "mrr", "ndcg"} and d["metrics"]["recall"] >= 0.95
+    assert d["params"]["corpus"] == "stdlib" and d["params"]["size_prior"] == 0
+    tags = MlflowClient(tracking_uri()).get_run(d["run_id"]).data.tags
+    assert tags["notelab.kb"].startswith("stdlib@") and "stdlib-qa.jsonl sha256:" in tags["notelab.data"]
+    r = notelab("run", RAG_EVAL, "-p", "corpus", "nope", "-p", "n_answers", "0", "--experiment", experiment)
+    assert r.returncode == 1 and "corpus 'nope': use one of pydoc, stdlib" in r.stderr
+
+
 @pytest.mark.worker
 def test_prompt_ab_notebooks_compare(shared, experiment):
     ids = []

@@ -30,9 +30,9 @@ from .settings import settings
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 # %% auto #0
-__all__ = ['MODES', 'RRF_K', 'SIZE_PRIOR', 'INSTRUCTION', 'RagError', 'expand_paths', 'IngestReport', 'KnowledgeBase', 'ingest',
-           'doc_sizes', 'fuse', 'Answer', 'attribute', 'read_qa', 'doc_ranking', 'score_ranking', 'list_kbs', 'drop_kb',
-           'search', 'ask', 'evaluate']
+__all__ = ['MODES', 'INSTRUCTION', 'RagError', 'expand_paths', 'IngestReport', 'KnowledgeBase', 'ingest', 'doc_sizes', 'fuse',
+           'Answer', 'attribute', 'read_qa', 'doc_ranking', 'score_ranking', 'list_kbs', 'drop_kb', 'search', 'ask',
+           'evaluate']
 
 # %% ../../nbs/10_rag.ipynb #19a6b2e8
 class RagError(NotelabError):
@@ -381,8 +381,6 @@ def ingest(paths: str | Path | Sequence[str | Path], kb: str, *, prune: bool = F
     return _ingest(base, paths, prune=prune, embedder=embedder, show_progress=show_progress)
 
 # %% ../../nbs/10_rag.ipynb #9f685088
-RRF_K = 10  # the rank constant of reciprocal rank fusion over documents
-SIZE_PRIOR = 0.1  # fused document scores are divided by (chunks in the document) ** SIZE_PRIOR
 _SIZES: dict[tuple[str, int], dict[str, int]] = {}  # (table path, version) -> chunks per source
 
 
@@ -401,7 +399,8 @@ def doc_sizes(kb: "KnowledgeBase") -> dict[str, int]:
 def fuse(rankings: Sequence[pd.DataFrame], sizes: dict[str, int], *, k: int | None = None,
          prior: float | None = None) -> pd.DataFrame:
     "Chunks of several ranked lists, fused by document (RRF, size-corrected), each with its fused `score`."
-    k, prior = RRF_K if k is None else k, SIZE_PRIOR if prior is None else prior
+    rag = settings().rag  # [rag] rrf_k and size_prior, unless given
+    k, prior = rag.rrf_k if k is None else k, rag.size_prior if prior is None else prior
     doc, chunk = {}, {}
     for ranked in rankings:
         docs = list(dict.fromkeys(ranked["source"]))

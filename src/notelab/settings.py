@@ -66,6 +66,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "chunk_tokens": Key("int", "200", "chunk budget in embedder tokens", _at_least(16)),
         "chunk_overlap": Key("int", "32", "tokens a chunk repeats from the one before", _at_least(0)),
         "k": Key("int", "5", "hits returned by a search", _at_least(1)),
+        "rrf_k": Key("int", "10", "hybrid search: the rank constant of reciprocal rank fusion", _at_least(1)),
+        "size_prior": Key("float", "0.1", "hybrid search: fused document scores are divided by chunks ** size_prior",
+                          lambda v: None if 0 <= v <= 1 else "must be between 0 and 1"),
     },
     "cluster": {
         "namespace": Key("str", "notelab", "Kubernetes namespace for workers and jobs"),
