@@ -251,9 +251,19 @@ def test_widgets_render_and_work_in_a_lab_notebook(page, lab, shared):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, lab.root / "widgets.ipynb")
     page.locator(".jp-DirListing-item", has_text="widgets.ipynb").dblclick()
-    page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status=idle]").wait_for(timeout=60_000)
-    page.locator(".lm-MenuBar-item", has_text="Run").click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    # the kernel is up when the status bar says so (the toolbar's indicator reads idle before it connects)
+    page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"Python 3 \(ipykernel\) \| Idle")).wait_for(timeout=90_000)
+    first_prompt = page.locator(".jp-NotebookPanel .jp-Cell .jp-InputPrompt").first
+    for _ in range(3):  # on a busy machine a Run All can land before the notebook takes commands; try again
+        page.locator(".jp-NotebookPanel .jp-Cell").first.click()
+        page.locator(".lm-MenuBar-item", has_text="Run").click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        try:
+            page.wait_for_function("p => /\\[(\\*|\\d+)\\]/.test(p.textContent)", arg=first_prompt.element_handle(),
+                                   timeout=10_000)
+            break
+        except Exception:
+            continue
 
     picker = page.locator(".jp-OutputArea-output .widget-vbox", has=page.locator(".widget-dropdown")).first
     picker.locator("select option", has_text=f"{shared} · ready").first.wait_for(state="attached", timeout=120_000)

@@ -414,12 +414,12 @@ def rag_eval(kb: str = typer.Option(..., "--kb", help="Knowledge base name."),
 def rag_corpus(name: str = typer.Argument("pydoc", help="pydoc (the language reference) or stdlib (module docs)."),
                dest: Optional[str] = typer.Option(None, help="Folder to write into (default: <data_dir>/corpora).")):
     "Write a shipped corpus (one file per topic or module) and its labelled question set."
-    from notelab.datasets import pydoc_corpus, stdlib_corpus
+    from notelab.datasets import corpus
 
-    makers = {"pydoc": pydoc_corpus, "stdlib": stdlib_corpus}
-    if name not in makers:
-        raise NotelabError(f"corpus {name!r}: use one of {', '.join(makers)}")
-    folder, qa = makers[name](dest)
+    try:
+        folder, qa = corpus(name, dest)
+    except ValueError as e:
+        raise NotelabError(str(e)) from None
     out.print(f"documents: {folder}\nquestions: {qa}")
     out.print(f"try: notelab rag ingest {folder} --kb {name} && notelab rag eval --kb {name} --qa {qa}")
 

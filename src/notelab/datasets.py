@@ -13,7 +13,8 @@ from .core import atomic_write
 from .settings import settings
 
 # %% auto #0
-__all__ = ['PYDOC_QA', 'PYDOC_ANSWERS', 'STDLIB_MODULES', 'STDLIB_QA', 'pydoc_corpus', 'module_doc', 'stdlib_corpus']
+__all__ = ['PYDOC_QA', 'PYDOC_ANSWERS', 'STDLIB_MODULES', 'STDLIB_QA', 'CORPORA', 'pydoc_corpus', 'module_doc', 'stdlib_corpus',
+           'corpus']
 
 # %% ../../nbs/11_datasets.ipynb #947d5bb7
 PYDOC_QA: list[dict] = [
@@ -333,3 +334,13 @@ def stdlib_corpus(dest: Path | str | None = None) -> tuple[Path, Path]:
     qa = base / "stdlib-qa.jsonl"
     atomic_write(qa, "\n".join(json.dumps(q) for q in STDLIB_QA) + "\n")
     return folder, qa
+
+# %% ../../nbs/11_datasets.ipynb #11875f70
+CORPORA = {"pydoc": pydoc_corpus, "stdlib": stdlib_corpus}
+
+
+def corpus(name: str, dest: Path | str | None = None) -> tuple[Path, Path]:
+    "Write the shipped corpus `name` (pydoc or stdlib) and its questions; returns (folder, QA file)."
+    if name not in CORPORA:
+        raise ValueError(f"corpus {name!r}: use one of {', '.join(CORPORA)}")
+    return CORPORA[name](dest)

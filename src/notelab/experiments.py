@@ -815,13 +815,20 @@ class Comparison:
     def significant(self) -> bool:
         return self.p_value < 1 - self.confidence
 
+    @property
+    def b_better(self) -> int:
+        return int((self.pairs["diff"] > 0).sum())
+
+    @property
+    def a_better(self) -> int:
+        return int((self.pairs["diff"] < 0).sum())
+
     def table(self) -> pd.DataFrame:
         lo, hi = self.ci
         return pd.DataFrame([{"metric": self.metric, "n": self.n, "A": self.mean_a, "B": self.mean_b,
                               "delta (B-A)": self.delta, f"{self.confidence:.0%} CI low": lo,
                               f"{self.confidence:.0%} CI high": hi, "p (Wilcoxon)": self.p_value,
-                              "B better": int((self.pairs["diff"] > 0).sum()),
-                              "A better": int((self.pairs["diff"] < 0).sum()), "unpaired": self.unpaired}])
+                              "B better": self.b_better, "A better": self.a_better, "unpaired": self.unpaired}])
 
     def verdict(self) -> str:
         if not self.significant:
@@ -832,7 +839,8 @@ class Comparison:
     def to_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "metric": self.metric, "n": self.n, "mean_a": self.mean_a,
                 "mean_b": self.mean_b, "delta": self.delta, "ci": list(self.ci), "confidence": self.confidence,
-                "p_value": self.p_value, "significant": self.significant, "unpaired": self.unpaired}
+                "p_value": self.p_value, "significant": self.significant, "unpaired": self.unpaired,
+                "b_better": self.b_better, "a_better": self.a_better}
 
     def plot(self, fig=None):
         "Paired scores (A against B) and the distribution of differences with the mean and its CI (on `fig`, if given)."

@@ -285,7 +285,6 @@ def compare_json(a: str, b: str, metric: str, confidence: str = "0.95") -> dict:
     key = next(col for col in c.pairs.columns if col not in ("A", "B", "diff"))
     pairs = c.pairs.assign(_abs=c.pairs["diff"].abs()).sort_values("_abs", ascending=False, kind="stable")
     return {**c.to_dict(), "name_a": names["a"], "name_b": names["b"], "verdict": c.verdict(),
-            "b_better": int((c.pairs["diff"] > 0).sum()), "a_better": int((c.pairs["diff"] < 0).sum()),
             "key": None if key == "_row" else key,
             "pairs": [{"key": str(r[key]), "a": float(r["A"]), "b": float(r["B"]), "diff": float(r["diff"])}
                       for _, r in pairs.iterrows()],
