@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from notelab.datasets import pydoc_corpus, stdlib_corpus
+from notelab.experiments import _env
 from notelab.docs import chunk_sections, load
 from notelab.embed import get_embedder
 from notelab.rag import MODES, KnowledgeBase, _reindex, doc_ranking, ingest, read_qa, score_ranking
@@ -141,22 +142,14 @@ def fusion_grid(kb: KnowledgeBase, qa: list[dict], qual, what: str) -> Table:
     t.add_column("rrf_k", justify="right")
     for p in priors:
         t.add_column(f"{p}", justify="right")
-    saved = {v: os.environ.get(v) for v in ("NOTELAB_RAG_RRF_K", "NOTELAB_RAG_SIZE_PRIOR")}
-    try:
-        for k in ks:
-            cells = []
-            for p in priors:
-                os.environ["NOTELAB_RAG_RRF_K"], os.environ["NOTELAB_RAG_SIZE_PRIOR"] = str(k), str(p)
+    for k in ks:
+        cells = []
+        for p in priors:
+            with _env(NOTELAB_RAG_RRF_K=k, NOTELAB_RAG_SIZE_PRIOR=p):  # settings are read afresh per search
                 e = kb.evaluate(qa, k=5, modes=["hybrid"], show_progress=False).iloc[0]
-                cell = f"{e['recall@5']:.3f} ({e['mrr']:.3f})"
-                cells.append(f"[bold]{cell}[/]" if (k, p) == chosen else cell)
-            t.add_row(str(k), *cells)
-    finally:
-        for v, old in saved.items():
-            if old is None:
-                os.environ.pop(v, None)
-            else:
-                os.environ[v] = old
+            cell = f"{e['recall@5']:.3f} ({e['mrr']:.3f})"
+            cells.append(f"[bold]{cell}[/]" if (k, p) == chosen else cell)
+        t.add_row(str(k), *cells)
     return t
 
 
