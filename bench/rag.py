@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["NOTELAB_RAG_KB_DIR"] = tempfile.mkdtemp(prefix="bench-rag-")
@@ -28,7 +29,6 @@ from rich.console import Console
 from rich.table import Table
 
 from notelab.datasets import pydoc_corpus, stdlib_corpus
-from notelab.experiments import _env
 from notelab.docs import chunk_sections, load
 from notelab.embed import get_embedder
 from notelab.rag import MODES, KnowledgeBase, _reindex, doc_ranking, ingest, read_qa, score_ranking
@@ -145,7 +145,7 @@ def fusion_grid(kb: KnowledgeBase, qa: list[dict], qual, what: str) -> Table:
     for k in ks:
         cells = []
         for p in priors:
-            with _env(NOTELAB_RAG_RRF_K=k, NOTELAB_RAG_SIZE_PRIOR=p):  # settings are read afresh per search
+            with patch.dict(os.environ, NOTELAB_RAG_RRF_K=str(k), NOTELAB_RAG_SIZE_PRIOR=str(p)):  # read per search
                 e = kb.evaluate(qa, k=5, modes=["hybrid"], show_progress=False).iloc[0]
             cell = f"{e['recall@5']:.3f} ({e['mrr']:.3f})"
             cells.append(f"[bold]{cell}[/]" if (k, p) == chosen else cell)

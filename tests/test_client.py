@@ -134,7 +134,11 @@ def test_connect_by_model_and_copy(client, shared):
     c = notelab.connect(model="gemma-3-270m")
     assert c.worker == shared
     c2 = c.with_options(timeout=30)  # the SDK's copy keeps the routing
-    assert c2.worker == shared and c2.ask("Hi", max_tokens=3) is not None
+    assert c2.worker == shared and c2.pool is c.pool
+    before = sum(c.pool.inflight().values())
+    r = c2.completions.create(model=c2.model, prompt="Hi", max_tokens=3, extra_body={"ignore_eos": True})
+    assert r.model == c2.model and r.usage.completion_tokens == 3  # served by the worker, through the pool
+    assert sum(c.pool.inflight().values()) == before  # and released there
 
 
 def test_connect_errors():
@@ -147,6 +151,8 @@ def test_connect_errors():
 
 def test_aio_across_event_loops(client):
     async def one():
-        return await client.aio.ask("Hi", max_tokens=3)
-    assert isinstance(asyncio.run(one()), str)
-    assert isinstance(asyncio.run(one()), str)  # a second loop gets a fresh async client, not a closed one
+        return await client.aio.completions.create(model=client.model, prompt="Hi", max_tokens=3,
+                                                   extra_body={"ignore_eos": True})
+    for _ in range(2):  # a second loop gets a fresh async client, not a closed one
+        r = asyncio.run(one())
+        assert r.model == client.model and r.usage.completion_tokens == 3

@@ -71,7 +71,7 @@ def test_rendered_worker_validates(gpus):
 def test_rendered_job_validates(tmp_path):
     nb = tmp_path / "exp.ipynb"
     nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    objs = render_job("exp-1", str(nb), {"k": 3}, experiment="e", namespace=NS)
+    objs = render_job("exp-1", {"run_id": "r", "notebook": str(nb), "params": {"k": 3}}, namespace=NS)
     validate(objs)
     assert_restricted("job", objs[1]["spec"]["template"]["spec"])
     assert objs[1]["spec"]["backoffLimit"] == 0
@@ -89,7 +89,7 @@ def test_dry_run_prints_valid_yaml():
     assert dep["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--enable-prefix-caching"
     r = subprocess.run([NOTELAB, "worker", "up", "x/y", "--target", "cluster", "--dry-run", "--gpus", "8",
                         "--replicas", "2"], capture_output=True, text=True)
-    assert r.returncode == 1 and "[limits] max_gpus is 8" in r.stderr
+    assert r.returncode == 1 and "would pass [limits] max_gpus = 8" in r.stderr
     r = subprocess.run([NOTELAB, "worker", "up", "x/y", "--target", "cluster", "--dry-run", "--autoscale", "1:3",
                         "--prometheus", "http://prometheus:9090", "--queue", "2"], capture_output=True, text=True)
     so = list(yaml.safe_load_all(r.stdout))[-1]
@@ -172,7 +172,7 @@ def test_launcher_against_the_api_emulator(tmp_path):
         admin.delete_namespaced_pod("chat-c", NS)  # (the emulator has no garbage collector, nor label selectors)
         nb = tmp_path / "exp.ipynb"
         nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-        job = cw.submit(render_job("exp-1", str(nb), {"k": 3}, experiment="e", namespace=NS))
+        job = cw.submit(render_job("exp-1", {"run_id": "r", "notebook": str(nb), "params": {"k": 3}}, namespace=NS))
         assert cw.job_state(job) == ("running", "")
         admin.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
             "name": "exp-1-xyz", "namespace": NS, "labels": {"job-name": "exp-1"}},
@@ -183,6 +183,12 @@ def test_launcher_against_the_api_emulator(tmp_path):
              "message": "Job has reached the specified backoff limit"}]}})
         with pytest.raises(ClusterError, match=r"(?s)job exp-1 failed \(BackoffLimitExceeded.*KeyError: 'k'"):
             cw.follow(job, poll=0.05)
+        cw.delete_job(job)  # a cancelled run's Job and ConfigMap go; a second delete is no error
+        cw.delete_job(job)
+        with pytest.raises(client.ApiException):
+            admin_batch.read_namespaced_job(job, NS)
+        with pytest.raises(client.ApiException):
+            admin.read_namespaced_config_map(job, NS)
 
         used = k8s.requests(LAUNCHER)
     # the Role grants exactly what the launcher called, and nothing else
@@ -247,37 +253,56 @@ def mlflow_server(tmp_path, monkeypatch):
         p.wait(10)
 
 
-def test_run_on_the_cluster_is_tracked_and_a_failed_job_marks_it(tmp_path, mlflow_server):
+def test_run_on_the_cluster_is_tracked_and_a_failed_or_vanished_job_marks_it(tmp_path, mlflow_server, monkeypatch):
     import nbformat
     from mlflow import MlflowClient
 
-    from notelab.cluster import follow_run, submit_run
-    from notelab.experiments import ExperimentError
+    from notelab.params import ParameterError
+    from notelab.runs import get_run, submit
 
     nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("k = 5")
+    cell = nbformat.v4.new_code_cell("k = 5\nlr = 0.1")
     cell.metadata["tags"] = ["parameters"]
     nb.cells = [cell]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "exp.ipynb"
     nbformat.write(nb, path)
     with Emulator() as k8s:
-        cw = ClusterWorkers(k8s.client(LAUNCHER), namespace=NS)
-        with pytest.raises(ExperimentError, match="parameter 'kk' is not in exp.ipynb"):
-            submit_run(cw, str(path), {"kk": 1}, experiment="cluster-runs")
-        job, rid = submit_run(cw, str(path), {"k": 7}, experiment="cluster-runs")
+        monkeypatch.setenv("KUBECONFIG", k8s.kubeconfig(tmp_path / "kubeconfig"))
+        with pytest.raises(ParameterError, match="parameter 'kk' is not in exp.ipynb"):
+            submit(path, {"kk": 1}, target="cluster", namespace=NS, experiment="cluster-runs")
+        h = submit(path, {"k": 7, "lr": 1e-05}, target="cluster", namespace=NS, experiment="cluster-runs")
         mlc = MlflowClient(mlflow_server)
-        run = mlc.get_run(rid)
+        run = mlc.get_run(h.run_id)
         assert run.info.status == "RUNNING" and run.data.params["k"] == "7"
+        job = run.data.tags["notelab.job"].split("/")[1]
         assert run.data.tags["notelab.job"] == f"{NS}/{job}"
-        args = client.BatchV1Api(k8s.client(ADMIN)).read_namespaced_job(job, NS).spec.template.spec.containers[0].args
-        assert args[args.index("--run-id") + 1] == rid  # the Job fills in this run, on the same server
-        client.BatchV1Api(k8s.client(ADMIN)).patch_namespaced_job_status(job, NS, {"status": {"conditions": [
+        batch, core = client.BatchV1Api(k8s.client(ADMIN)), client.CoreV1Api(k8s.client(ADMIN))
+        c = batch.read_namespaced_job(job, NS).spec.template.spec.containers[0]
+        assert c.command == ["python", "-m", "notelab.runs", "/work/spec.json"]
+        spec = json.loads(core.read_namespaced_config_map(job, NS).data["spec.json"])
+        assert spec["run_id"] == h.run_id and spec["params"] == {"k": 7, "lr": 1e-05}  # a float, not '1e-05'
+        # the Job fails before the notebook could say anything: the next read of the run says why
+        batch.patch_namespaced_job_status(job, NS, {"status": {"conditions": [
             {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "image never pulled"}]}})
-        with pytest.raises(ClusterError, match="DeadlineExceeded"):
-            follow_run(cw, job, rid, poll=0.05)
-        run = mlc.get_run(rid)
-        assert run.info.status == "FAILED" and "DeadlineExceeded" in run.data.tags["notelab.error"]
+        assert h.status == "FAILED"
+        assert "DeadlineExceeded" in mlc.get_run(h.run_id).data.tags["notelab.error"]
+
+        h2 = submit(path, {"k": 1}, target="cluster", namespace=NS, experiment="cluster-runs")
+        job2 = mlc.get_run(h2.run_id).data.tags["notelab.job"].split("/")[1]
+        batch.delete_namespaced_job(job2, NS)  # evicted, deleted by hand: gone without a word
+        r = get_run(h2.run_id)
+        assert r.info.status == "FAILED" and "is gone (deleted or evicted)" in r.data.tags["notelab.error"]
+
+        h3 = submit(path, {}, target="cluster", namespace=NS, experiment="cluster-runs")
+        job3 = mlc.get_run(h3.run_id).data.tags["notelab.job"].split("/")[1]
+        r = subprocess.run([NOTELAB, "runs", "cancel", h3.run_id, "--json"], capture_output=True, text=True,
+                           env={**os.environ, "KUBECONFIG": str(tmp_path / "kubeconfig")})
+        assert r.returncode == 0 and json.loads(r.stdout)[0]["status"] == "KILLED", r.stderr
+        with pytest.raises(client.ApiException):  # the Job is deleted, with its ConfigMap
+            batch.read_namespaced_job(job3, NS)
+        with pytest.raises(client.ApiException):
+            core.read_namespaced_config_map(job3, NS)
 
 
 class Kubelet:
@@ -303,9 +328,12 @@ class Kubelet:
                 for f, text in core.read_namespaced_config_map(name, NS).data.items():
                     (work / f).write_text(text)
                 c = job.spec.template.spec.containers[0]
-                args = [a.replace("/work/", f"{work}/") for a in c.args]
+                spec = json.loads((work / "spec.json").read_text())  # the pod's paths, here
+                spec.update(notebook=str(work / Path(spec["notebook"]).name), output=str(work / "out.ipynb"))
+                (work / "spec.json").write_text(json.dumps(spec))
+                argv = [sys.executable if a == "python" else a.replace("/work/", f"{work}/") for a in c.command]
                 env = {**os.environ, **{e.name: e.value for e in c.env if e.name == "NOTELAB_TRACKING_MLFLOW_URI"}}
-                r = subprocess.run([NOTELAB, *args], capture_output=True, text=True, env=env, cwd=work)
+                r = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=work)
                 cond = {"type": "Complete", "status": "True"} if r.returncode == 0 else \
                     {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "exit 1"}
                 batch.patch_namespaced_job_status(name, NS, {"status": {"conditions": [cond]}})
@@ -323,12 +351,12 @@ def test_sweep_on_the_cluster_runs_each_variant_as_a_job(tmp_path, mlflow_server
     import nbformat
     from mlflow import MlflowClient
 
-    from notelab.experiments import sweep
+    from notelab.sweeps import sweep
 
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("k = 1")
     cell.metadata["tags"] = ["parameters"]
-    nb.cells = [cell, nbformat.v4.new_code_cell("from notelab.experiments import log_metric\nlog_metric('inv', 1 / k)")]
+    nb.cells = [cell, nbformat.v4.new_code_cell("from notelab.tracking import log_metric\nlog_metric('inv', 1 / k)")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "exp.ipynb"
     nbformat.write(nb, path)

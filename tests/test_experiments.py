@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def tiny(tmp_path_factory) -> Path:
     p = nbformat.v4.new_code_cell("k = 5\nscale: float = 1.0\nfail = False")
     p.metadata["tags"] = ["parameters"]
     nb.cells = [p, nbformat.v4.new_code_cell(
-        "from notelab.experiments import log_metric, log_examples\n"
+        "from notelab.tracking import log_metric, log_examples\n"
         "assert not fail, 'failing on purpose'\n"
         "log_metric('score', k * scale)\n"
         "log_examples([{'id': f'q{i}', 'score': i * scale + (i % 3) * 0.1} for i in range(20)])")]
@@ -64,7 +65,7 @@ def test_run_records_parameters_metrics_and_output(tiny, experiment):
     assert d["params"] == {"k": 3, "scale": 2, "fail": False}
     run = MlflowClient(tracking_uri()).get_run(d["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params == {"k": "3", "scale": "2", "fail": "false"}  # defaults are recorded too
+    assert run.data.params == {"k": "3", "scale": "2.0", "fail": "false"}  # defaults are recorded too (as text)
     assert run.data.metrics == {"score": 6.0}
     arts = {a.path for a in MlflowClient(tracking_uri()).list_artifacts(d["run_id"])}
     assert arts == {"tiny.ipynb", "examples"}
@@ -156,7 +157,7 @@ def test_runs_ls_json(tiny, experiment):
     assert len(rows) == 1
     row = rows[0]
     assert {"run_id", "status", "params", "metrics", "output_notebook"} <= set(row)
-    assert row["run_id"] == d["run_id"] and row["metrics"] == {"score": 5.0} and row["params"]["k"] == "5"
+    assert row["run_id"] == d["run_id"] and row["metrics"] == {"score": 5.0} and row["params"]["k"] == 5
     assert Path(row["output_notebook"]).is_file()
 
     # one run, whole, by the start of its id that `runs ls` shows
@@ -215,13 +216,104 @@ def test_prompt_ab_notebooks_compare(shared, experiment):
     assert r.returncode == 1 and "prompt='pirate': use one of plain, concise, teacher" in r.stderr
 
 
-def test_run_fills_in_a_run_created_elsewhere(tiny, experiment):
-    "What a cluster Job does: the submitter created the run; `notelab run --run-id` executes and completes it."
-    from notelab.experiments import check_params, start_run
+def runs_of(experiment: str) -> list[dict]:
+    "The runs of an experiment, none while it does not exist yet."
+    from notelab.core import ExperimentError
 
-    _, r = start_run(tiny, check_params(tiny, {"k": 2}), experiment=experiment)
-    d = as_json(notelab("run", tiny, "-p", "k", "2", "--run-id", r.info.run_id, "--json"))
-    assert d["run_id"] == r.info.run_id and d["status"] == "FINISHED" and d["metrics"] == {"score": 2.0}
-    assert d["experiment"] == experiment and n_runs(experiment) == 1
-    r2 = notelab("run", tiny, "--run-id", r.info.run_id)  # a finished run cannot be filled in twice
-    assert r2.returncode == 1 and "is FINISHED, not RUNNING" in r2.stderr
+    try:
+        return list_runs(experiment, as_frame=False)
+    except ExperimentError:
+        return []
+
+
+@pytest.fixture(scope="module")
+def typed(tmp_path_factory) -> Path:
+    "A notebook that checks the types its parameters arrive with, and can take its time."
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("lr = 0.001\nname = 'x'\nsleep = 0.0")
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell(
+        "import time\nfrom notelab.tracking import log_metric\n"
+        "assert type(lr) is float and type(name) is str, (type(lr), type(name))\n"
+        "log_metric('lr', lr)\nlog_metric('name_chars', len(name))\ntime.sleep(sleep)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    f = tmp_path_factory.mktemp("typed") / "typed.ipynb"
+    nbformat.write(nb, f)
+    return f
+
+
+def test_a_float_arrives_as_a_float_by_every_local_path(typed, experiment, tmp_path):
+    "`1e-05` and friends were read back as YAML 1.1 text on the way to a run, and the run was refused."
+    d = as_json(notelab("run", typed, "-p", "lr", "1e-05", "-p", "name", "🙂", "--experiment", experiment, "--json"))
+    assert d["status"] == "FINISHED", d["error"]
+    assert d["metrics"] == {"lr": 1e-05, "name_chars": 1.0}  # one character, not two broken surrogates
+    (tmp_path / "p.yaml").write_text("lr: 1e+16\nname: '3.2e-05'\n")
+    d = as_json(notelab("run", typed, "-f", tmp_path / "p.yaml", "--experiment", experiment, "--json"))
+    assert d["status"] == "FINISHED" and d["metrics"]["lr"] == 1e16, d["error"]
+    r = notelab("sweep", typed, "--grid", "lr=1e-05,3.2e-05,Infinity", "--experiment", experiment, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(v["lr"] for v in as_json(r)["variants"]) == [1e-05, 3.2e-05, float("inf")]
+    (tmp_path / "space.yaml").write_text("lr: {low: 1e-6, high: 1e-2, log: true}\n")
+    for how in (["--random", "2"], ["--optuna", "2", "--metric", "lr"]):
+        r = notelab("sweep", typed, *how, "--space", tmp_path / "space.yaml", "--experiment", experiment, "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert all(v["status"] == "FINISHED" and 1e-6 <= v["lr"] <= 1e-2 for v in as_json(r)["variants"])
+
+
+def test_the_executing_process_uses_the_settings_of_its_submitter(typed, experiment, tmp_path):
+    "A settings.ini next to the notebook must not send a run's results to another store."
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "settings.ini").write_text(f"[lab]\ndata_dir = {tmp_path / 'elsewhere'}\n")
+    nb = folder / "typed.ipynb"
+    nb.write_bytes(typed.read_bytes())
+    d = as_json(notelab("run", nb, "--detach", "--experiment", experiment, "--json"))
+    from notelab.runs import handle
+
+    done = handle(d["run_id"]).wait(timeout=300)
+    assert done.status == "FINISHED" and done.metrics["lr"] == 0.001
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_cancel_a_run_and_a_sweep(typed, experiment):
+    from notelab.runs import kernel_of, executor_of, get_run, list_runs
+
+    d = as_json(notelab("run", typed, "-p", "sleep", "600", "--detach", "--experiment", experiment, "--json"))
+    while kernel_of(d["run_id"]) is None:  # its kernel runs
+        time.sleep(0.2)
+    kernel, executor = kernel_of(d["run_id"]), executor_of(get_run(d["run_id"]))
+    r = notelab("runs", "cancel", d["run_id"][:12])
+    assert r.returncode == 0 and "KILLED, cancelled by a user" in r.stdout, r.stdout + r.stderr
+    assert not kernel.alive() and not executor.alive()
+    assert get_run(d["run_id"]).info.status == "KILLED"
+
+    s = as_json(notelab("sweep", typed, "--grid", "name=a,b,c", "-p", "sleep", "600", "--parallel", "2", "--detach",
+                        "--experiment", experiment, "--json"))
+    parent = s["parent_run_id"]
+    while len(list_runs(experiment, parent_run_id=parent, as_frame=False)) < 2:  # two variants run (the parent exists)
+        time.sleep(0.2)
+    coordinator = executor_of(get_run(parent))
+    r = notelab("runs", "cancel", parent, "--json")
+    assert r.returncode == 0 and as_json(r)[0]["status"] == "KILLED"
+    kids = list_runs(experiment, parent_run_id=parent, as_frame=False)
+    assert sorted(k["status"] for k in kids) == ["KILLED", "KILLED"]  # the third never started
+    assert not coordinator.alive() and get_run(parent).data.tags["notelab.summary"] == "2 killed"
+
+
+def test_a_killed_run_is_failed_when_next_read(typed, experiment):
+    "A `notelab run` killed outright (SIGKILL, the OOM killer) cannot end its run; the next reader does."
+    from notelab.runs import kernel_of
+
+    p = subprocess.Popen([NOTELAB, "run", typed, "-p", "sleep", "600", "--experiment", experiment, "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    while not (rows := runs_of(experiment)) or kernel_of(rows[0]["run_id"]) is None:
+        time.sleep(0.2)
+    kernel = kernel_of(rows[0]["run_id"])
+    p.kill()
+    p.wait()
+    r = as_json(notelab("runs", "show", rows[0]["run_id"], "--json"))
+    assert r["status"] == "FAILED" and r["error"].startswith("process died: the executor (pid"), r
+    deadline = time.monotonic() + 60  # its kernel follows its parent out (ipykernel watches it)
+    while kernel.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not kernel.alive()

@@ -3,6 +3,7 @@ Debian's chromium by Playwright. A worker launched from the Workers panel become
 notebook run from the file browser's "Run as experiment" shows its metrics and output notebook, and a
 sweep its variants; MLflow opens from the launcher inside the lab. Screenshots of each panel are kept in
 `test-artifacts/screenshots/`."""
+import asyncio
 import json
 import os
 import re
@@ -30,6 +31,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 BASE = "/lab%40notelab/"  # a base URL that needs escaping: everything must work under it
 
 
+@pytest.fixture(autouse=True)
+def jp_asyncio_loop():
+    """pytest-jupyter's loop fixture (autouse once test_server loads its plugin) would take the loop Playwright's
+    sync API is running here as its own, and close it; here it gets a loop of its own."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
 def jupyter(*args) -> str:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     r = subprocess.run([str(BIN / "jupyter"), *args], capture_output=True, text=True, env=env, check=True)
@@ -49,11 +59,12 @@ def test_extensions_are_enabled_and_ok():
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab-root")
     nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell("k = 5  # how hard to try\nlabel = 'first'")
+    p = nbformat.v4.new_code_cell("k = 5  # how hard to try\nlabel = 'first'\nsleep = 0.0")
     p.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# A tiny experiment"), p,
-                nbformat.v4.new_code_cell("from notelab.experiments import log_examples, log_metric\nlog_metric('score', k * 2)\n"
-                                          "log_examples([{'id': f'q{i}', 'score': i * k} for i in range(6)])")]
+                nbformat.v4.new_code_cell("from notelab.tracking import log_examples, log_metric\nlog_metric('score', k * 2)\n"
+                                          "log_examples([{'id': f'q{i}', 'score': i * k} for i in range(6)])"),
+                nbformat.v4.new_code_cell("import time\ntime.sleep(sleep)")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, root / "exp.ipynb")
     with socket.socket() as s:
@@ -142,9 +153,10 @@ def test_workers_panel_launches_watches_and_stops_a_worker(page, lab, shared):
     form = page.locator("[data-testid=launch-form]")
     form.locator("select[name=model] option").first.wait_for(state="attached")
     # bad input is stopped in the form, naming the field; nothing is launched
-    form.locator("input[name=name]").fill("bad name!")
+    form.locator("input[name=name]").fill("Bad_Name")  # the server's rule, checked in the form
     form.locator("button[type=submit]").click()
-    assert "Name:" in page.locator("[data-testid=launch-error]").inner_text()
+    page.locator("[data-testid=launch-error]", has_text="Name: lowercase letters").wait_for()
+    assert "Bad_Name" not in [w["name"] for w in api(lab, "workers")]
     # the shared worker of this test run is listed, with live figures from its /metrics
     shared_card = page.locator(f"[data-worker='{shared}']")
     shared_card.locator("[data-testid=figures]").wait_for()
@@ -218,6 +230,22 @@ def test_run_as_experiment_from_the_file_browser(page, lab):
     assert page.locator("[data-testid=pairs] tbody tr").first.inner_text().split()[0] == "q5"  # largest change first
     page.wait_for_function("() => document.querySelector('[data-testid=compare-plot]').naturalWidth > 0")
     shot(page, "experiments-compare")
+
+    # Stop: a run that would sleep ten minutes ends KILLED from its Stop button, its output notebook kept
+    form.locator("input[name=param-sleep]").fill("600")
+    form.locator("[data-action=run]").click()
+    def executing() -> bool:  # papermill has written its output notebook: the notebook runs
+        run = next((r for r in api(lab, "runs?experiment=exp") if r["status"] == "RUNNING"), None)
+        return bool(run and run["output_path"] and (lab.root / run["output_path"]).is_file())
+
+    while not executing():
+        time.sleep(0.2)
+    running = page.locator("[data-testid=runs] tr[data-status=RUNNING]")
+    running.locator("[data-action=stop]").click(timeout=60_000)
+    page.locator("[data-testid=runs] tr[data-status=KILLED]", has_text="cancelled by a user").wait_for(timeout=60_000)
+    shot(page, "experiments-stopped")
+    killed = next(r for r in api(lab, "runs?experiment=exp") if r["status"] == "KILLED")
+    assert killed["error"] == "cancelled by a user" and (lab.root / killed["output_path"]).is_file()
 
 
 @pytest.mark.browser

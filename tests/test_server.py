@@ -9,10 +9,10 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
-ENDPOINTS = [("GET", "models"), ("GET", "workers"), ("POST", "workers"), ("GET", "workers/x"),
+ENDPOINTS = [("GET", "models"), ("GET", "rules"), ("GET", "workers"), ("POST", "workers"), ("GET", "workers/x"),
              ("DELETE", "workers/x"), ("POST", "workers/x/scale"), ("GET", "workers/x/logs"),
              ("GET", "workers/x/metrics"), ("GET", "notebooks/parameters"), ("GET", "runs"), ("POST", "runs"),
-             ("GET", "runs/x"), ("POST", "sweeps"), ("GET", "compare")]
+             ("GET", "runs/x"), ("POST", "runs/x/cancel"), ("POST", "sweeps"), ("GET", "compare")]
 
 
 @pytest.fixture
@@ -23,9 +23,10 @@ def jp_server_config():
 @pytest.fixture
 def tiny(jp_root_dir):
     nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell("k = 5")
+    p = nbformat.v4.new_code_cell("k = 5\nlr = 0.1\nsleep = 0.0")
     p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, nbformat.v4.new_code_cell("from notelab.experiments import log_examples, log_metric\n"
+    nb.cells = [p, nbformat.v4.new_code_cell("import time\nfrom notelab.tracking import log_examples, log_metric\n"
+                                             "assert type(lr) is float\ntime.sleep(sleep)\n"
                                              "log_metric('score', k * 2)\n"
                                              "log_examples([{'id': f'q{i}', 'score': i * k} for i in range(6)])")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -87,7 +88,8 @@ async def test_workers_logs_and_bad_launches(jp_fetch, shared, monkeypatch):
     for body, fld, status in [({"replicas": "2"}, "replicas", 400), ({"model": "nope"}, "model", 400),
                               ({"name": "bad name!"}, "name", 400), ({"name": shared}, "name", 409),
                               ({"target": "mars"}, "target", 400), ({"extra_args": [1]}, "extra_args", 400),
-                              ({"replicas": 99}, "replicas", 400), ("{not json", "body", 400)]:
+                              ({"name": "Upper_Case"}, "name", 400), ({"extra_args": ["--port", "1"]}, "extra_args", 400),
+                              ({"replicas": 99}, "replicas", 403), ("{not json", "body", 400)]:
         code, e = await call(jp_fetch, "POST", "workers", body)
         assert (code, e["field"]) == (status, fld), (body, code, e)
     monkeypatch.setenv("NOTELAB_LIMITS_MAX_WORKERS", "1")  # the shared worker is this user's one
@@ -97,6 +99,10 @@ async def test_workers_logs_and_bad_launches(jp_fetch, shared, monkeypatch):
     assert code == 400 and e["field"] == "replicas"
     code, e = await call(jp_fetch, "POST", f"workers/{shared}/scale", "[1, 2]")
     assert code == 400 and e["field"] == "body"
+    # a name from the URL is a worker name, or nothing happens (it never reaches a path)
+    for method, path in [("DELETE", "workers/..%2F..%2Fvictim"), ("GET", "workers/%2Ftmp"), ("GET", "workers/Upper")]:
+        code, e = await call(jp_fetch, method, path)
+        assert (code, e["field"]) == (400, "name"), (path, code, e)
 
 
 async def test_runs_from_the_api(jp_fetch, tiny, jp_root_dir):
@@ -112,14 +118,12 @@ async def test_runs_from_the_api(jp_fetch, tiny, jp_root_dir):
     code, e = await call(jp_fetch, "POST", "runs", {})
     assert code == 400 and e["field"] == "notebook"
 
-    code, r = await call(jp_fetch, "POST", "runs", {"notebook": tiny, "params": {"k": 4}, "experiment": "api-test"})
+    code, r = await call(jp_fetch, "POST", "runs", {"notebook": tiny, "params": {"k": 4, "lr": 1e-05},
+                                                    "experiment": "api-test"})
     assert code == 202 and r["status"] == "RUNNING"
-    for _ in range(240):
-        code, run = await call(jp_fetch, "GET", f"runs/{r['run_id']}")
-        if run["status"] != "RUNNING":
-            break
-        await asyncio.sleep(0.5)
-    assert run["status"] == "FINISHED" and run["metrics"] == {"score": 8.0} and run["params"]["k"] == "4"
+    run = await finished(jp_fetch, r["run_id"])
+    assert run["status"] == "FINISHED" and run["metrics"] == {"score": 8.0}, run  # lr arrived as a float
+    assert run["params"]["k"] == 4 and run["params"]["lr"] == 1e-05  # with their types
     code, runs = await call(jp_fetch, "GET", "runs", params={"experiment": "api-test"})
     assert code == 200 and [x["run_id"] for x in runs] == [r["run_id"]]
     # the output notebook lies under the server's root, where the lab can open it
@@ -127,6 +131,51 @@ async def test_runs_from_the_api(jp_fetch, tiny, jp_root_dir):
     assert (jp_root_dir / r["output_path"]).is_file()
     code, e = await call(jp_fetch, "GET", "runs/no-such-run")
     assert code == 404 and "no run 'no-such-run'" in e["error"]
+    code, e = await call(jp_fetch, "GET", "runs", params={"limit": "-1"})
+    assert (code, e["field"]) == (400, "limit")
+
+    # the Stop button: a run that would sleep ten minutes ends KILLED, keeping what it wrote
+    code, r = await call(jp_fetch, "POST", "runs", {"notebook": tiny, "params": {"sleep": 600}, "experiment": "api-test"})
+    assert code == 202
+    code, stopped = await call(jp_fetch, "POST", f"runs/{r['run_id']}/cancel")
+    assert code == 200 and stopped["status"] == "KILLED" and stopped["error"] == "cancelled by a user", stopped
+    code, e = await call(jp_fetch, "POST", "runs/no-such-run/cancel")
+    assert code == 404
+
+
+async def finished(jp_fetch, run_id: str, within: float = 900) -> dict:
+    "Poll a run until it has ended (a run that never ends fails the test, after `within` seconds)."
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        code, run = await call(jp_fetch, "GET", f"runs/{run_id}")
+        assert code == 200, run
+        if run["status"] != "RUNNING":
+            return run
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"run {run_id} still RUNNING after {within} s: {run}")
+
+
+def test_openapi_follows_the_rules():
+    "The API's documented patterns and enums are the library's rules, not copies that drift."
+    from pathlib import Path
+
+    import yaml
+    from notelab.rules import TARGETS, WORKER_NAME
+
+    doc = yaml.safe_load((Path(__file__).parents[1] / "lab_ext" / "openapi.yaml").read_text())
+    schemas = doc["components"]["schemas"]
+    assert schemas["WorkerName"]["pattern"] == WORKER_NAME.pattern
+    assert schemas["Target"]["enum"] == list(TARGETS)
+    params = doc["components"]["parameters"]
+    assert params["name"]["schema"] == {"$ref": "#/components/schemas/WorkerName"}
+
+
+async def test_rules_from_the_api(jp_fetch, monkeypatch):
+    from notelab.rules import WORKER_NAME
+
+    monkeypatch.setenv("NOTELAB_LIMITS_MAX_REPLICAS", "3")
+    code, rules = await call(jp_fetch, "GET", "rules")
+    assert code == 200 and rules["worker_name"] == WORKER_NAME.pattern and rules["max_replicas"] == 3
 
 
 def test_openapi_documents_every_route():
@@ -153,15 +202,13 @@ async def test_sweeps_from_the_api(jp_fetch, tiny):
                       ({"notebook": "nope.ipynb", "grid": {"k": [1]}}, "notebook")]:
         code, e = await call(jp_fetch, "POST", "sweeps", body)
         assert (code, e["field"]) == (400, fld), (body, e)
-    code, r = await call(jp_fetch, "POST", "sweeps", {"notebook": tiny, "grid": {"k": [1, 2]}, "experiment": "api-sweep",
-                                                      "parallel": 2})
-    assert code == 202 and r["variants"] == 2
-    for _ in range(360):
-        code, runs = await call(jp_fetch, "GET", "runs", params={"experiment": "api-sweep"})
-        if code == 200 and len(runs) == 3 and all(x["status"] != "RUNNING" for x in runs):
-            break
-        await asyncio.sleep(0.5)
+    code, r = await call(jp_fetch, "POST", "sweeps", {"notebook": tiny, "grid": {"k": [1, 2], "lr": [1e-05]},
+                                                      "experiment": "api-sweep", "parallel": 2})
+    assert code == 202 and r["variants"] == 2 and r["status"] == "RUNNING"
+    assert (await finished(jp_fetch, r["run_id"]))["status"] == "FINISHED"
+    code, runs = await call(jp_fetch, "GET", "runs", params={"experiment": "api-sweep"})
     parent = next(x for x in runs if not x["parent_run_id"])
+    assert parent["run_id"] == r["run_id"] and len(runs) == 3
     variants = [x for x in runs if x["parent_run_id"] == parent["run_id"]]
     assert parent["status"] == "FINISHED" and sorted(x["metrics"]["score"] for x in variants) == [2.0, 4.0], runs
 
@@ -246,3 +293,65 @@ async def test_cluster_workers_from_the_api(jp_fetch, tmp_path, monkeypatch):
         assert code == 200
         code, ws = await call(jp_fetch, "GET", "workers")
         assert "chat" not in [w["name"] for w in ws]
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.worker
+async def test_a_killed_replica_loses_no_request_through_the_lab_or_connect(jp_fetch, shared, jp_serverapp,
+                                                                           jp_base_url, jp_http_port):
+    """One routing policy: requests through the lab's endpoint and through `notelab.connect` both survive the
+    death of a replica mid-load; the registry notices, and scaling brings the replica back."""
+    import json as _json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    import openai
+
+    import notelab
+    from notelab.workers import get_worker, scale_worker
+
+    victim = get_worker(shared).replicas[0]
+    base = f"http://127.0.0.1:{jp_http_port}{jp_base_url}notelab/workers/{shared}/v1"
+    lab = openai.AsyncOpenAI(base_url=base, api_key=jp_serverapp.identity_provider.token)
+    model = get_worker(shared).served_names[0]
+    gate = asyncio.Semaphore(8)
+
+    async def one(i):
+        async with gate:
+            r = await lab.completions.create(model=model, prompt=f"Write the number {i} in words.", max_tokens=24)
+            return r.choices[0].text
+
+    direct = []
+    t = threading.Thread(target=lambda: direct.extend(notelab.connect(shared).batch(
+        [f"Write the number {i} in words." for i in range(16)], concurrency=8, max_tokens=24, show_progress=False,
+        return_exceptions=True)))
+    through_lab = asyncio.ensure_future(asyncio.gather(*(one(i) for i in range(16)), return_exceptions=True))
+    t.start()
+    await asyncio.sleep(1.5)  # under load
+    os.killpg(victim.pid, signal.SIGKILL)
+    answers = await through_lab
+    await asyncio.get_running_loop().run_in_executor(None, t.join)
+    assert len(answers) == 16 and all(isinstance(a, str) for a in answers), answers
+    assert len(direct) == 16 and all(isinstance(a, str) for a in direct), direct
+    # SIGKILL is asynchronous: a vLLM process with a large KV cache takes a moment to be gone
+    while _running(victim.pid):
+        await asyncio.sleep(0.2)
+    # the registry notices, also from a fresh process
+    notelab_cli = str(Path(sys.executable).parent / "notelab")
+    r = subprocess.run([notelab_cli, "worker", "ls", "--json"], capture_output=True, text=True, check=True)
+    w = next(w for w in _json.loads(r.stdout) if w["name"] == shared)
+    assert w["state"] == "degraded" and sorted(x["state"] for x in w["replicas"]) == ["dead", "ready"]
+    w = await asyncio.get_running_loop().run_in_executor(None, lambda: scale_worker(shared, 2, show_progress=False))
+    assert w.state == "ready" and len(w.replicas) == 2 and victim.pid not in {x.pid for x in w.replicas}

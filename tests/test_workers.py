@@ -48,7 +48,7 @@ def test_gpus_on_a_cpu_machine_is_an_error():
 
 
 def test_limits():
-    with pytest.raises(LimitError, match=r"--replicas 99: must be between 1 and 8 \(\[limits\] max_replicas\)"):
+    with pytest.raises(LimitError, match=r"replicas 99: at most 8 replicas per worker \(\[limits\] max_replicas\)"):
         launch_worker(name="many", replicas=99)
 
 
@@ -114,40 +114,6 @@ def test_cli_chat_and_env(shared):
     with pytest.raises(openai.AuthenticationError):  # each replica checks its key
         openai.OpenAI(base_url=env["OPENAI_BASE_URL"], api_key="wrong").models.list()
 
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-@pytest.mark.worker
-def test_replica_killed_while_serving(shared):
-    """A two-replica worker keeps answering when one replica dies mid-batch; scale brings it back."""
-    client = notelab.connect(shared)
-    victim = get_worker(shared).replicas[0]
-    results = []
-    t = threading.Thread(target=lambda: results.extend(client.batch(
-        [f"Write the number {i} in words." for i in range(16)], concurrency=8, max_tokens=24,
-        show_progress=False, return_exceptions=True)))
-    t.start()
-    time.sleep(1.5)
-    os.killpg(victim.pid, signal.SIGKILL)
-    t.join()
-    assert len(results) == 16 and all(isinstance(r, str) for r in results), results
-    # SIGKILL is asynchronous: a vLLM process with a large KV cache takes a moment to be gone
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _running(victim.pid):
-        time.sleep(0.2)
-    # the registry notices, also from a fresh process
-    r = subprocess.run([NOTELAB, "worker", "ls", "--json"], capture_output=True, text=True, check=True)
-    w = next(w for w in json.loads(r.stdout) if w["name"] == shared)
-    assert w["state"] == "degraded"
-    assert sorted(r["state"] for r in w["replicas"]) == ["dead", "ready"]
-    w = scale_worker(shared, 2, show_progress=False)
-    assert w.state == "ready" and len(w.replicas) == 2
-    assert victim.pid not in {r.pid for r in w.replicas}
 
 
 @pytest.mark.slow

@@ -92,6 +92,28 @@ export interface IModel {
   size: number;
 }
 
+/** The rules names and launches follow (`GET rules`: the library's own, so the form checks what the server will). */
+export interface IRules {
+  worker_name: string;
+  targets: string[];
+  max_replicas: number;
+  max_workers: number;
+  max_gpus: number;
+  max_sweep_variants: number;
+  default_model: string;
+}
+
+let rules: Promise<IRules> | null = null;
+
+/** The server's rules, asked once. */
+export function getRules(): Promise<IRules> {
+  rules ??= requestApi<IRules>('rules').catch(e => {
+    rules = null;
+    throw e;
+  });
+  return rules;
+}
+
 export interface IParam {
   default: unknown;
   type: string;
@@ -105,11 +127,12 @@ export interface IRun {
   experiment_id: string;
   status: string;
   duration_s: number;
-  params: Record<string, string>;
+  params: Record<string, unknown>;
   metrics: Record<string, number>;
   output_notebook: string | null;
   output_path: string | null;
   parent_run_id: string | null;
+  sweep?: string | null;
   error: string | null;
 }
 

@@ -191,6 +191,17 @@ export class ExperimentsPanel extends LivePanel {
     }
   }
 
+  /** Cancel a run (a sweep: with all its variants); it ends KILLED. */
+  async stop(r: IRun): Promise<void> {
+    try {
+      const done = await postJson<IRun>(`runs/${encodeURIComponent(r.run_id)}/cancel`, {});
+      Notification.info(`${done.name}: ${done.status}`, { autoClose: 3000 });
+    } catch (e) {
+      Notification.error(`Could not stop ${r.name}: ${(e as Error).message}`, { autoClose: 5000 });
+    }
+    await this.refresh();
+  }
+
   async refresh(): Promise<void> {
     // the runs of the loaded notebook's experiment; of every experiment before one is loaded
     const experiment = this.notebook ? this.experiment.value.trim() : '';
@@ -221,6 +232,12 @@ export class ExperimentsPanel extends LivePanel {
         h('td', {}, fmt(r.duration_s, 0)),
         h('td', { class: 'nl-metrics', title: r.error ?? '' }, r.error ? r.error.slice(0, 80) : metrics),
         h('td', {},
+          r.status === 'RUNNING'
+            ? h('button', { type: 'button', class: 'jp-mod-styled nl-small', 'data-action': 'stop',
+              title: r.sweep ? 'stop this sweep and every variant still running' : 'stop this run (its output notebook is kept)',
+              onclick: () => void this.stop(r) }, 'Stop')
+            : null,
+          ' ',
           r.output_path ? h('a', { href: '#', 'data-action': 'notebook', onclick: (e: Event) => { e.preventDefault(); this.host.openNotebook(r.output_path!); } }, 'notebook') : null,
           ' ',
           h('a', { href: '#', 'data-action': 'mlflow', onclick: (e: Event) => { e.preventDefault(); this.host.openMlflow(`#/experiments/${r.experiment_id}/runs/${r.run_id}`); } }, 'MLflow')));

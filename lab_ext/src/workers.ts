@@ -3,10 +3,9 @@
 import { Clipboard, Dialog, MainAreaWidget, Notification, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
-import { ApiError, fetchApi, IMetrics, IModel, IWorker, labUrl, postJson, requestApi, targetQuery } from './api';
+import { ApiError, fetchApi, getRules, IMetrics, IModel, IWorker, labUrl, postJson, requestApi, targetQuery } from './api';
 import { fmt, h, LivePanel, row } from './dom';
 
-const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 export class WorkersPanel extends LivePanel {
   constructor(private openLogs: (w: IWorker) => void) {
     super();
@@ -54,8 +53,9 @@ export class WorkersPanel extends LivePanel {
     });
   }
 
-  /** The launch request, or the first field that is wrong (shown, nothing sent). */
-  private request(): Record<string, unknown> | null {
+  /** The launch request, or the first field that is wrong (shown, nothing sent): the server's own rules. */
+  private async request(): Promise<Record<string, unknown> | null> {
+    const rules = await getRules();
     const fail = (input: HTMLElement, msg: string) => {
       this.error.textContent = msg;
       input.classList.add('nl-invalid');
@@ -68,12 +68,12 @@ export class WorkersPanel extends LivePanel {
       return fail(this.model, 'No model in the store: run `notelab models pull` first.');
     }
     const name = this.name.value.trim();
-    if (name && !NAME.test(name)) {
-      return fail(this.name, "Name: letters, digits, '.', '_' or '-', at most 64, starting with a letter or digit.");
+    if (name && !new RegExp(rules.worker_name).test(name)) {
+      return fail(this.name, "Name: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 40.");
     }
     const replicas = Number(this.replicas.value);
-    if (!Number.isInteger(replicas) || replicas < 1) {
-      return fail(this.replicas, 'Replicas: a whole number, at least 1.');
+    if (!Number.isInteger(replicas) || replicas < 1 || replicas > rules.max_replicas) {
+      return fail(this.replicas, `Replicas: a whole number, 1 to ${rules.max_replicas}.`);
     }
     const body: Record<string, unknown> = {
       model: this.model.value,
@@ -95,7 +95,7 @@ export class WorkersPanel extends LivePanel {
   }
 
   private async launch(): Promise<void> {
-    const body = this.request();
+    const body = await this.request();
     if (!body) {
       return;
     }

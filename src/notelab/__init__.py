@@ -24,9 +24,9 @@ _VERBS = {
     "scale_worker": "notelab.workers", "stop_worker": "notelab.workers",
     "KnowledgeBase": "notelab.rag", "ingest": "notelab.rag", "search": "notelab.rag", "ask": "notelab.rag",
     "evaluate": "notelab.rag",
-    "run": "notelab.experiments", "sweep": "notelab.experiments", "compare": "notelab.experiments",
-    "list_runs": "notelab.experiments", "log_metric": "notelab.experiments", "log_metrics": "notelab.experiments",
-    "log_examples": "notelab.experiments",
+    "run": "notelab.runs", "submit": "notelab.runs", "cancel": "notelab.runs", "list_runs": "notelab.runs",
+    "sweep": "notelab.sweeps", "compare": "notelab.comparison",
+    "log_metric": "notelab.tracking", "log_metrics": "notelab.tracking", "log_examples": "notelab.tracking",
     "Agent": "notelab.agents", "Pipeline": "notelab.agents", "tool": "notelab.agents",
     "load_pipeline": "notelab.agents",
 }
@@ -48,4 +48,6 @@ def __dir__():
 
 def _jupyter_server_extension_points():
     "The Jupyter server finds notelab's REST API here (`jupyter server extension enable notelab`)."
-    return [{"module": "notelab.server"}]
+    from notelab.server import NotelabApp
+
+    return [{"module": "notelab.server", "app": NotelabApp}]

@@ -614,7 +614,7 @@ _TABLES: dict[str, pd.DataFrame] = {}
 def _report(trace: Trace) -> None:
     run_id = os.environ.get("NOTELAB_RUN_ID")  # inside `notelab run`
     if run_dir() is not None:  # one table per pipeline, a block of rows per run of it (pipeline.map runs many)
-        from notelab.experiments import log_examples
+        from notelab.tracking import log_examples
 
         name = f"trace_{re.sub(r'[^A-Za-z0-9_-]', '_', trace.name)}"[:60]
         with _REPORT_LOCK:
@@ -639,14 +639,14 @@ def to_mlflow(trace: Trace, run_id: str) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")  # written now, under the store's lock
     import mlflow
 
-    from notelab.experiments import _writing
+    from notelab.store import writing
 
     client = mlflow.MlflowClient()
     steps = sorted(trace.steps, key=lambda s: s.start)
     t0 = min((s.start for s in steps), default=time.time())
     t1 = max((s.start + s.seconds for s in steps), default=t0)
     ns = lambda t: int(t * 1e9)
-    with _writing():
+    with writing():
         exp = client.get_run(run_id).info.experiment_id
         root = client.start_trace(trace.name or "pipeline", span_type="CHAIN", inputs={"steps": len(steps)},
                                   experiment_id=exp, run_id=run_id, start_time_ns=ns(t0))

@@ -25,7 +25,7 @@ __all__ = ['app', 'models_app', 'worker_app', 'out', 'err', 'rag_app', 'runs_app
            'models_add', 'models_ls', 'models_rm', 'worker_up', 'worker_ls', 'worker_logs_cmd', 'worker_scale',
            'worker_down', 'worker_env', 'rag_ingest', 'rag_ls', 'rag_rm', 'rag_drop', 'rag_search', 'rag_ask',
            'rag_eval', 'rag_corpus', 'chat', 'run_cmd', 'sweep_cmd', 'compare_cmd', 'runs_ls', 'runs_show',
-           'agents_check', 'agents_run', 'lab_extension_path', 'lab_cmd', 'main']
+           'runs_cancel', 'runs_logs', 'agents_check', 'agents_run', 'lab_extension_path', 'lab_cmd', 'main']
 
 # %% ../../nbs/06_cli.ipynb #ec54a04e
 app = typer.Typer(help="notelab: vLLM workers, agents, RAG and tracked experiments for notebooks.",
@@ -118,9 +118,9 @@ def _worker_rows(ws):
 
 
 def _target(target: str) -> str:
-    if target not in ("local", "cluster"):
-        raise NotelabError(f"--target {target!r}: use local or cluster")
-    return target
+    from notelab.rules import check_target
+
+    return check_target(target, "--target")
 
 
 def _autoscale(spec: str | None, prometheus: str | None, queue: int) -> dict | None:
@@ -137,13 +137,13 @@ def _autoscale(spec: str | None, prometheus: str | None, queue: int) -> dict | N
 def _cluster_up(model, name, replicas, gpus, namespace, extra, dry_run, as_json, autoscale=None):
     from notelab.cluster import ClusterWorkerSpec, ClusterWorkers, render_worker, to_yaml, validate
     from notelab.models import resolve
+    from notelab.rules import default_worker_name
     from notelab.settings import settings
 
     ref = model or settings().lab.default_model
     if "/" not in ref:  # a store model: its exact version; a Hugging Face id otherwise
         ref = resolve(ref).ref
-    default = re.sub(r"[^a-z0-9-]+", "-", ref.split("/")[-1].split("@")[0].lower()).strip("-")[:42]
-    spec = ClusterWorkerSpec(name or default, ref, replicas=replicas, gpus=gpus, namespace=namespace, extra_args=extra,
+    spec = ClusterWorkerSpec(name or default_worker_name(ref), ref, replicas=replicas, gpus=gpus, namespace=namespace, extra_args=extra,
                              autoscale=autoscale)
     if dry_run:
         objs = render_worker(spec)
@@ -214,7 +214,7 @@ def worker_ls(as_json: bool = typer.Option(False, "--json", help="Print a JSON l
 
 @worker_app.command("logs")
 def worker_logs_cmd(name: str = typer.Argument(..., help="Worker name."),
-                    replica: int = typer.Option(0, help="Replica index."),
+                    replica: Optional[int] = typer.Option(None, help="Replica index (default: the first ready one)."),
                     lines: int = typer.Option(50, "--lines", "-n", help="How many of the last lines."),
                     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the replica exits."),
                     target: str = typer.Option("local", help="local or cluster.")):
@@ -224,7 +224,7 @@ def worker_logs_cmd(name: str = typer.Argument(..., help="Worker name."),
     if _target(target) == "cluster":
         from notelab.cluster import ClusterWorkers
 
-        return typer.echo(ClusterWorkers().logs(name, replica=replica, tail=lines))
+        return typer.echo(ClusterWorkers().logs(name, replica=replica or 0, tail=lines))
 
     try:
         for line in worker_logs(name, replica=replica, lines=lines, follow=follow):
@@ -273,14 +273,12 @@ def worker_down(names: Optional[List[str]] = typer.Argument(None, help="Worker n
 
 @worker_app.command("env")
 def worker_env(name: str = typer.Argument(..., help="Worker name."),
-               replica: int = typer.Option(0, help="Replica index.")):
+               replica: Optional[int] = typer.Option(None, help="Replica index (default: the first ready one).")):
     "Print shell exports (OPENAI_BASE_URL, OPENAI_API_KEY) for one replica, for tools that speak OpenAI."
     from notelab.workers import get_worker
 
     w = get_worker(name)
-    r = next((r for r in w.replicas if r.index == replica), None)
-    if r is None:
-        raise NotelabError(f"worker {name!r} has no replica {replica}")
+    r = w.replica(replica)
     typer.echo(f"export OPENAI_BASE_URL={r.base_url}\nexport OPENAI_API_KEY={r.api_key}\nexport OPENAI_MODEL={w.served_names[0]}")
 
 # %% ../../nbs/06_cli.ipynb #48cf4c31
@@ -448,12 +446,12 @@ def chat(prompt: str = typer.Argument(..., help="The message."),
     sys.stdout.write("\n")
 
 # %% ../../nbs/06_cli.ipynb #906d81bb
-runs_app = typer.Typer(help="List tracked experiment runs.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, inspect and cancel tracked experiment runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 
 def _params(notebook: str, pairs, files) -> dict:
-    from notelab.experiments import notebook_params, parse_value, read_params_file
+    from notelab.params import notebook_params, parse_value, read_params_file
 
     params = {}
     for f in files or []:
@@ -466,73 +464,33 @@ def _params(notebook: str, pairs, files) -> dict:
 
 
 _PARAMS = {"allow_extra_args": True, "ignore_unknown_options": True}  # -p NAME VALUE pairs: click takes no list of pairs
-_P_HELP = "Parameters: -p NAME VALUE (repeatable); values are YAML scalars unless the parameter is text."
+_P_HELP = "Parameters: -p NAME VALUE (repeatable); values are JSON or YAML unless the parameter is text."
 
 
 def _pairs(args: list[str]) -> list[tuple[str, str]]:
     "The `-p NAME VALUE` pairs among a command's extra arguments."
-    from notelab.experiments import ExperimentError
+    from notelab.core import InvalidInput
 
     pairs, i = [], 0
     while i < len(args):
         if args[i] not in ("-p", "--param"):
-            raise ExperimentError(f"unexpected argument {args[i]!r}; give parameters as -p NAME VALUE")
+            raise InvalidInput("-p", f"unexpected argument {args[i]!r}; give parameters as -p NAME VALUE")
         if i + 2 >= len(args):
-            raise ExperimentError(f"{args[i]} needs a name and a value: -p NAME VALUE")
+            raise InvalidInput("-p", f"{args[i]} needs a name and a value: -p NAME VALUE")
         pairs.append((args[i + 1], args[i + 2]))
         i += 3
     return pairs
 
 
-@app.command("run", context_settings=_PARAMS, epilog=_P_HELP)
-def run_cmd(ctx: typer.Context,
-            notebook: str = typer.Argument(..., help="The experiment notebook (.ipynb with a 'parameters' cell)."),
-            file: Optional[List[str]] = typer.Option(None, "-f", "--file", help="YAML file of parameters."),
-            experiment: Optional[str] = typer.Option(None, help="MLflow experiment (default: the notebook's name)."),
-            output: Optional[str] = typer.Option(None, help="Output notebook (default: <data_dir>/runs/RUN_ID/)."),
-            parent: Optional[str] = typer.Option(None, help="Parent MLflow run id (sweeps set it).", hidden=True),
-            name: Optional[str] = typer.Option(None, help="Run name (default: NOTEBOOK-MMDD-HHMMSS)."),
-            run_id: Optional[str] = typer.Option(None, "--run-id", help="Fill in this RUNNING MLflow run (cluster Jobs).",
-                                                 hidden=True),
-            target: str = typer.Option("local", help="local, or cluster (a Kubernetes Job, followed to its end)."),
-            namespace: Optional[str] = typer.Option(None, help="Cluster: namespace (default: [cluster] namespace)."),
-            timeout: Optional[float] = typer.Option(None, help="Seconds a cell may run."),
-            as_json: bool = typer.Option(False, "--json", help="Print the run as JSON.")):
-    "Run a notebook with parameters as a tracked MLflow job; a failing cell marks the run FAILED (exit 1)."
-    from notelab.experiments import RunFailed, run
+def _print_run(r, as_json: bool) -> None:
+    from notelab.store import tracking_uri
 
-    params = _params(notebook, _pairs(ctx.args), file)
-    if _target(target) == "cluster":
-        from notelab.cluster import ClusterError, ClusterWorkers, follow_run, submit_run
-        from notelab.experiments import Run, get_run
-
-        cw = ClusterWorkers(namespace=namespace)
-        job, rid = submit_run(cw, notebook, params, experiment=experiment, parent_run_id=parent, name=name)
-        if not as_json:
-            out.print(f"submitted job {job} for MLflow run {rid}; following it")
-        try:
-            state, log = follow_run(cw, job, rid)
-        except ClusterError:
-            if as_json:  # the run, FAILED with the Job's log (a sweep reads this)
-                _json({**Run.from_mlflow(get_run(rid)).to_dict(), "job": job})
-                raise SystemExit(1)
-            raise
-        if as_json:
-            return _json({**Run.from_mlflow(get_run(rid)).to_dict(), "job": job})
-        return out.print(escape(log[-3000:]) + f"\n[green]job {job} {state}[/]")
-    try:
-        r = run(notebook, params, experiment=experiment, output=output, parent_run_id=parent, name=name, timeout=timeout,
-                run_id=run_id, show_progress=not as_json)
-    except RunFailed as e:
-        if as_json:
-            _json(e.run.to_dict())
-            raise SystemExit(1)
-        raise
     if as_json:
         return _json(r.to_dict())
-    from notelab.experiments import tracking_uri
-
-    out.print(f"run [bold]{r.name}[/] [green]{r.status}[/] in {r.duration_s:.1f} s")
+    colour = {"FINISHED": "green", "FAILED": "red", "KILLED": "yellow"}.get(r.status, "white")
+    out.print(f"run [bold]{escape(r.name)}[/] [{colour}]{r.status}[/] in {r.duration_s:.1f} s")
+    if r.error:
+        out.print(f"[red]error: {escape(r.error)}[/]")
     if r.metrics:
         _table(f"metrics", ["metric", "value"], [[k, f"{v:.4g}"] for k, v in sorted(r.metrics.items())])
     if r.uses:
@@ -541,14 +499,57 @@ def run_cmd(ctx: typer.Context,
     out.print(f"MLflow: run {r.run_id} in experiment {r.experiment!r} at {tracking_uri()}")
 
 
+@app.command("run", context_settings=_PARAMS, epilog=_P_HELP)
+def run_cmd(ctx: typer.Context,
+            notebook: str = typer.Argument(..., help="The experiment notebook (.ipynb with a 'parameters' cell)."),
+            file: Optional[List[str]] = typer.Option(None, "-f", "--file", help="YAML file of parameters."),
+            experiment: Optional[str] = typer.Option(None, help="MLflow experiment (default: the notebook's name)."),
+            output: Optional[str] = typer.Option(None, help="Output notebook (default: <data_dir>/runs/RUN_ID/)."),
+            name: Optional[str] = typer.Option(None, help="Run name (default: NOTEBOOK-MMDD-HHMMSS)."),
+            target: str = typer.Option("local", help="local, or cluster (a Kubernetes Job, followed to its end)."),
+            namespace: Optional[str] = typer.Option(None, help="Cluster: namespace (default: [cluster] namespace)."),
+            timeout: Optional[float] = typer.Option(None, help="Seconds a cell may run."),
+            detach: bool = typer.Option(False, "--detach", help="Start it in the background; print its run id."),
+            as_json: bool = typer.Option(False, "--json", help="Print the run as JSON.")):
+    "Run a notebook with parameters as a tracked MLflow job; a failing cell marks the run FAILED (exit 1)."
+    from notelab.runs import run, submit
+
+    params = _params(notebook, _pairs(ctx.args), file)
+    if _target(target) == "cluster" or detach:
+        h = submit(notebook, params, target=target, experiment=experiment, name=name, output=output,
+                   timeout=timeout, namespace=namespace)
+        if detach:
+            if as_json:
+                return _json({"run_id": h.run_id, "status": "RUNNING", "target": target})
+            return out.print(f"run {h.run_id} started ({target}); `notelab runs logs {h.run_id[:12]} --follow` follows "
+                             f"it, `notelab runs cancel {h.run_id[:12]}` stops it")
+        if not as_json:
+            out.print(f"run {h.run_id} submitted as a Kubernetes Job; following it")
+        try:
+            r = h.wait(poll=2.0)
+        except KeyboardInterrupt:
+            r = h.cancel()
+    else:
+        r = run(notebook, params, experiment=experiment, output=output, name=name, timeout=timeout,
+                show_progress=not as_json, raise_on_failure=False, dedicated=True)
+    if r.status != "FINISHED" and not as_json:
+        what = "failed" if r.status == "FAILED" else "was stopped"
+        raise NotelabError(f"{Path(notebook).name} {what}: {r.error}. The output notebook is {r.output_notebook}; "
+                           f"MLflow run {r.run_id} is marked {r.status}")
+    _print_run(r, as_json)
+    if r.status != "FINISHED":
+        raise SystemExit(1)
+
+
 def _grid(specs) -> dict:
-    from notelab.experiments import ExperimentError, parse_value
+    from notelab.core import InvalidInput
+    from notelab.params import parse_value
 
     grid = {}
     for spec in specs or []:
         name, eq, values = spec.partition("=")
         if not eq or not name or not values:
-            raise ExperimentError(f"--grid {spec!r}: write NAME=V1,V2,...")
+            raise InvalidInput("--grid", f"--grid {spec!r}: write NAME=V1,V2,...")
         grid[name.strip()] = [parse_value(v.strip()) for v in values.split(",")]
     return grid
 
@@ -568,24 +569,32 @@ def sweep_cmd(ctx: typer.Context, notebook: str = typer.Argument(..., help="The 
               seed: int = typer.Option(0, help="Seed for --random and --optuna."),
               target: str = typer.Option("local", help="local processes, or cluster (each variant a Kubernetes Job)."),
               namespace: Optional[str] = typer.Option(None, help="Cluster: namespace (default: [cluster] namespace)."),
+              detach: bool = typer.Option(False, "--detach", help="Start it in the background; print its parent run id."),
               as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON.")):
-    "Run many variants of a notebook under one parent run; exits 1 if any variant failed."
-    from notelab.experiments import sweep
+    "Run many variants of a notebook under one parent run; exits 1 if any variant did not finish."
+    from notelab.sweeps import submit_sweep, sweep
 
     fixed = _params(notebook, _pairs(ctx.args), file)
-    s = sweep(notebook, grid=_grid(grid), random=random, space=space, optuna=optuna, metric=metric,
-              direction=direction, parallel=parallel, params=fixed, experiment=experiment, seed=seed,
-              target=_target(target), namespace=namespace, show_progress=not as_json)
+    kw = dict(grid=_grid(grid), random=random, space=space, optuna=optuna, metric=metric, direction=direction,
+              parallel=parallel, params=fixed, experiment=experiment, seed=seed, target=_target(target),
+              namespace=namespace)
+    if detach:
+        h = submit_sweep(notebook, **kw)
+        if as_json:
+            return _json({"parent_run_id": h.run_id, "status": "RUNNING"})
+        return out.print(f"sweep {h.run_id} started; `notelab runs ls --parent {h.run_id}` lists its variants, "
+                         f"`notelab runs cancel {h.run_id[:12]}` stops them all")
+    s = sweep(notebook, show_progress=not as_json, dedicated=True, **kw)
     t = s.table
     if as_json:
-        _json({"parent_run_id": s.parent_run_id, "experiment": s.experiment, "failed": s.failed,
+        _json({"parent_run_id": s.parent_run_id, "experiment": s.experiment, "status": s.status, "failed": s.failed,
                "variants": json.loads(t.to_json(orient="records"))})
     else:
-        _table(f"sweep {s.parent_run_id} in experiment {s.experiment}" + (f", by {metric}" if metric else ""),
+        _table(f"sweep {s.parent_run_id} in experiment {s.experiment} ({s.status})" + (f", by {metric}" if metric else ""),
                list(t.columns), [[("" if v is None or v != v else f"{v:.4g}" if isinstance(v, float) else v)
                                   for v in row] for row in t.itertuples(index=False)])
         if s.failed:
-            err.print(f"[red]{s.failed} of {len(t)} variants failed[/] (the error column says why)")
+            err.print(f"[red]{s.failed} of {len(t)} variants did not finish[/] (the error column says why)")
     if s.failed:
         raise SystemExit(1)
 
@@ -624,7 +633,7 @@ def runs_ls(experiment: Optional[str] = typer.Option(None, help="Only this exper
             limit: int = typer.Option(50, help="Most runs to list, newest first."),
             as_json: bool = typer.Option(False, "--json", help="One JSON object per run.")):
     "List tracked runs with their status, parameters and metrics."
-    from notelab.experiments import list_runs
+    from notelab.runs import list_runs
 
     rows = list_runs(experiment, limit=limit, parent_run_id=parent, as_frame=False)
     if as_json:
@@ -638,14 +647,14 @@ def runs_ls(experiment: Optional[str] = typer.Option(None, help="Only this exper
 def runs_show(ref: str = typer.Argument(..., help="A run id, the start of one (as `runs ls` shows it), or a name."),
               as_json: bool = typer.Option(False, "--json", help="Everything as one JSON object.")):
     "One run, whole: parameters, metrics, what it used, where its code came from, its artifacts and examples."
-    from notelab.experiments import describe_run
+    from notelab.runs import describe_run
 
     d = describe_run(ref)
     if as_json:
         return _json(d)
-    colour = {"FINISHED": "green", "FAILED": "red", "RUNNING": "yellow"}.get(d["status"], "white")
+    colour = {"FINISHED": "green", "FAILED": "red", "RUNNING": "yellow", "KILLED": "yellow"}.get(d["status"], "white")
     out.print(f"[bold]{escape(d['name'])}[/] [{colour}]{d['status']}[/] in {d['duration_s']} s · run {d['run_id']} "
-              f"in experiment '{escape(d['experiment'])}' ({d['target']})")
+              f"in experiment '{escape(d['experiment'])}' ({d['target']}, executed by {d['executor'] or 'unknown'})")
     if d["error"]:
         out.print(f"[red]error: {escape(d['error'])}[/]")
     _table("parameters", ["name", "value"], [[k, v] for k, v in d["params"].items()])
@@ -662,6 +671,40 @@ def runs_show(ref: str = typer.Argument(..., help="A run id, the start of one (a
         out.print(f"output notebook: {d['output_notebook']}")
     out.print(f"artifacts: {', '.join(d['artifacts']) or 'none'}"
               + (f"; per-example tables: {', '.join(d['examples'])} (`notelab compare` pairs them)" if d["examples"] else ""))
+
+
+@runs_app.command("cancel")
+def runs_cancel(refs: List[str] = typer.Argument(..., help="Run ids (or starts of ids, or names); a sweep's parent stops all its variants."),
+                grace: float = typer.Option(10.0, help="Seconds a run may take to stop before it is killed."),
+                as_json: bool = typer.Option(False, "--json", help="Print the runs as JSON.")):
+    "Stop runs: each ends KILLED, keeps its output notebook up to the cell that ran, and leaves no kernel behind."
+    from notelab.runs import cancel
+
+    done = [cancel(ref, grace=grace) for ref in refs]
+    if as_json:
+        return _json([r.to_dict() for r in done])
+    for r in done:
+        out.print(f"run {r.run_id[:12]} ({escape(r.name)}): {r.status}" + (f", {escape(r.error)}" if r.error else ""))
+
+
+@runs_app.command("logs")
+def runs_logs(ref: str = typer.Argument(..., help="A run id, the start of one, or a name."),
+              lines: int = typer.Option(200, "--lines", "-n", help="How many of the last lines."),
+              follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the run ends.")):
+    "The output of a run's executing process (or of its Job's pod)."
+    import time
+
+    from notelab.runs import handle
+
+    h = handle(ref)
+    text = h.logs(lines)
+    typer.echo(text)
+    seen = len(text)
+    while follow and h.status == "RUNNING":
+        time.sleep(1)
+        text = h.logs(100_000)
+        typer.echo(text[seen:], nl=False)
+        seen = len(text)
 
 # %% ../../nbs/06_cli.ipynb #6434e014
 agents_app = typer.Typer(help="Run agent pipelines declared in YAML.", no_args_is_help=True)
@@ -764,3 +807,6 @@ def main() -> None:
     except NotelabError as e:
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise SystemExit(1)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise SystemExit(130)

@@ -19,12 +19,12 @@ import yaml
 
 from .core import LimitError, NotelabError, WorkerError, WorkerNotFoundError
 from .models import parse_ref
+from .rules import check_gpus, check_replicas, check_worker_name
 from .settings import settings
 
 # %% auto #0
 __all__ = ['KUBE_VERSION', 'PORT', 'MODELS_MOUNT', 'MANAGER', 'ClusterError', 'labels', 'ClusterWorkerSpec', 'render_worker',
-           'render_scaledobject', 'to_yaml', 'validate', 'render_job', 'ClusterWorker', 'ClusterWorkers', 'submit_run',
-           'follow_run']
+           'render_scaledobject', 'to_yaml', 'validate', 'render_job', 'ClusterWorker', 'ClusterWorkers']
 
 # %% ../../nbs/16_cluster.ipynb #ae643390
 class ClusterError(NotelabError):
@@ -36,7 +36,7 @@ PORT = 8000
 MODELS_MOUNT = "/models"
 MANAGER = "notelab"  #: the field manager of server-side apply
 
-_DNS = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+_JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def labels(name: str, component: str = "worker") -> dict:
@@ -78,14 +78,9 @@ class ClusterWorkerSpec:
         s = settings()
         self.namespace = self.namespace or s.cluster.namespace
         self.gpus = s.cluster.default_gpus if self.gpus is None else self.gpus
-        if not _DNS.match(self.name):
-            raise ClusterError(f"worker name {self.name!r}: a cluster worker's name is lower-case letters, digits "
-                               "and '-', at most 42 characters, starting and ending with a letter or digit")
-        if not 1 <= self.replicas <= s.limits.max_replicas:
-            raise LimitError(f"--replicas {self.replicas}: use 1 to {s.limits.max_replicas} ([limits] max_replicas)")
-        if not 0 <= self.gpus * self.replicas <= s.limits.max_gpus:
-            raise LimitError(f"--gpus {self.gpus} x {self.replicas} replicas = {self.gpus * self.replicas} GPUs; "
-                             f"[limits] max_gpus is {s.limits.max_gpus}")
+        check_worker_name(self.name)
+        check_replicas(self.replicas)
+        check_gpus(self.gpus, self.replicas)
 
     @property
     def image(self) -> str:
@@ -194,31 +189,27 @@ def validate(objs: Sequence[dict], version: str = KUBE_VERSION) -> None:
             raise ClusterError(f"{o['kind']}/{o['metadata']['name']}: {where}: {e.message}") from None
 
 # %% ../../nbs/16_cluster.ipynb #82398ff3
-def render_job(name: str, notebook: str, params: dict, *, experiment: str, namespace: str | None = None,
-               tracking_uri: str = "http://mlflow:5000", parent_run_id: str | None = None, run_id: str | None = None,
+def render_job(name: str, spec: dict, *, namespace: str | None = None, tracking_uri: str = "http://mlflow:5000",
                cpu: str = "2", memory: str = "8Gi") -> list[dict]:
-    "A ConfigMap with the notebook and its parameters, and the Job that runs it as a tracked experiment."
+    "A ConfigMap with the notebook and its run's spec, and the Job that executes it."
     from pathlib import Path
 
     ns = namespace or settings().cluster.namespace
-    if not _DNS.match(name):
+    if not _JOB_NAME.match(name):
         raise ClusterError(f"job name {name!r}: lower-case letters, digits and '-'")
-    nb = Path(notebook)
+    nb = Path(spec["notebook"])
     lab = labels(name, "run")
     pod_sec, ctr_sec = _restricted()
-    args = ["run", f"/work/{nb.name}", "-f", "/work/params.yaml", "--experiment", experiment, "--json"]
-    if parent_run_id:
-        args += ["--parent", parent_run_id]
-    if run_id:
-        args += ["--run-id", run_id]
+    in_pod = {**spec, "notebook": f"/work/{nb.name}", "output": f"/tmp/notelab/runs/{spec['run_id']}/{nb.name}"}
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns, "labels": lab},
-          "data": {nb.name: nb.read_text(), "params.yaml": json.dumps(params)}}
+          "data": {nb.name: nb.read_text(), "spec.json": json.dumps(in_pod, allow_nan=True)}}
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": ns, "labels": lab},
            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 86400, "template": {
                "metadata": {"labels": lab},
                "spec": {"restartPolicy": "Never", "securityContext": pod_sec, "serviceAccountName": "notelab-run",
                         "containers": [{"name": "run", "image": settings().cluster.lab_image,
-                                        "command": ["notelab"], "args": args, "workingDir": "/work",
+                                        "command": ["python", "-m", "notelab.runs", "/work/spec.json"],
+                                        "workingDir": "/work",
                                         "env": [{"name": "NOTELAB_TRACKING_MLFLOW_URI", "value": tracking_uri},
                                                 {"name": "NOTELAB_LAB_DATA_DIR", "value": "/tmp/notelab"},
                                                 {"name": "HOME", "value": "/tmp"}],
@@ -324,7 +315,8 @@ class ClusterWorkers:
         validate(objs)
         existing = {w.name for w in self.list()}
         if spec.name not in existing and len(existing) >= settings().limits.max_workers:
-            raise LimitError(f"{len(existing)} cluster workers already run ([limits] max_workers); stop one first")
+            raise LimitError(f"{len(existing)} cluster workers already run ([limits] max_workers); stop one first",
+                             "name")
         done = []
         try:
             for o in objs:
@@ -388,8 +380,7 @@ class ClusterWorkers:
         return self._call(f"log of {pod}", self.core.read_namespaced_pod_log, pod, self.namespace, tail_lines=tail)
 
     def scale(self, name: str, replicas: int) -> ClusterWorker:
-        if not 0 <= replicas <= settings().limits.max_replicas:
-            raise LimitError(f"replicas {replicas}: use 0 to {settings().limits.max_replicas}")
+        check_replicas(replicas, allow_zero=True)
         self._call(f"scale {name}", self.apps.patch_namespaced_deployment_scale, name, self.namespace,
                    {"spec": {"replicas": replicas}})
         return self.get(name)
@@ -418,6 +409,11 @@ class ClusterWorkers:
                 return "failed", f"{c.reason}: {c.message}"
         return "running", ""
 
+    def delete_job(self, name: str) -> None:
+        "Delete a run's Job (its pod goes with it) and its ConfigMap; a Job that is already gone is no error."
+        for kind in ("Job", "ConfigMap"):
+            self._delete(kind, name)
+
     def job_logs(self, name: str, tail: int = 200) -> str:
         pods = self._call(f"pods of job {name}", self.core.list_namespaced_pod, self.namespace,
                           label_selector=f"job-name={name}").items
@@ -440,45 +436,3 @@ class ClusterWorkers:
         if state == "failed":
             raise ClusterError(f"job {name} failed ({reason}); the end of its log:\n{log[-2000:]}")
         return state, log
-
-# %% ../../nbs/16_cluster.ipynb #62f51b3f
-def submit_run(cw: ClusterWorkers, notebook: str, params: dict, *, experiment: str | None = None,
-               parent_run_id: str | None = None, name: str | None = None) -> tuple[str, str]:
-    "Check `params`, create the MLflow run, and submit the Job that executes it; (job name, run id)."
-    from pathlib import Path
-
-    from notelab.experiments import _client, check_params, start_run, tracking_uri
-
-    nb = Path(notebook).resolve()
-    values = check_params(nb, params)
-    uri = tracking_uri()
-    if uri.startswith("sqlite:") or uri.startswith("file:"):
-        raise ClusterError(f"[tracking] mlflow_uri is {uri}, a store on this machine that a cluster Job cannot "
-                           "write to; set it to the cluster's MLflow server (http://mlflow:5000 inside the cluster)")
-    _, r = start_run(nb, values, experiment=experiment or nb.stem, parent_run_id=parent_run_id,
-                     tags={"notelab.target": "cluster"}, name=name)
-    rid = r.info.run_id
-    job = f"run-{rid[:12]}"
-    try:
-        cw.submit(render_job(job, str(nb), params, experiment=experiment or nb.stem, namespace=cw.namespace,
-                             tracking_uri=uri, run_id=rid))
-    except Exception as e:
-        _client().set_tag(rid, "notelab.error", f"the Job could not be submitted: {e}"[:5000])
-        _client().set_terminated(rid, "FAILED")
-        raise
-    _client().set_tag(rid, "notelab.job", f"{cw.namespace}/{job}")
-    return job, rid
-
-
-def follow_run(cw: ClusterWorkers, job: str, run_id: str, **kw) -> tuple[str, str]:
-    "Follow a run's Job to its end; a failed Job marks its run FAILED (if the notebook could not) with its log."
-    from notelab.experiments import _client
-
-    try:
-        return cw.follow(job, **kw)
-    except ClusterError as e:
-        client = _client()
-        if client.get_run(run_id).info.status == "RUNNING":  # the notebook never got to record its failure
-            client.set_tag(run_id, "notelab.error", str(e)[:5000])
-            client.set_terminated(run_id, "FAILED")
-        raise

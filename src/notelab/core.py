@@ -12,16 +12,26 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator
 
 # %% auto #0
-__all__ = ['NotelabError', 'ModelError', 'UnknownModelError', 'WorkerError', 'WorkerNotFoundError', 'WorkerNameTakenError',
-           'PortInUseError', 'EngineError', 'LimitError', 'WorkerStartError', 'NoReplicaError', 'tail', 'atomic_write',
-           'sha256_file', 'use_progress', 'progress', 'run_dir', 'record', 'records', 'note_use']
+__all__ = ['NotelabError', 'InvalidInput', 'ModelError', 'UnknownModelError', 'WorkerError', 'WorkerNotFoundError',
+           'WorkerNameTakenError', 'PortInUseError', 'EngineError', 'LimitError', 'WorkerStartError', 'NoReplicaError',
+           'ExperimentError', 'RunNotFoundError', 'tail', 'atomic_write', 'sha256_file', 'use_progress',
+           'progress_style', 'progress', 'run_dir', 'record', 'records', 'note_use', 'ProcessRef', 'kill_tree']
 
 # %% ../../nbs/00_core.ipynb #22804b1c
 class NotelabError(Exception):
     "Base of every error notelab raises on purpose."
+
+
+class InvalidInput(NotelabError, ValueError):
+    "A value someone gave is wrong: `field` names it (an option, a JSON field), the message says the fix."
+
+    def __init__(self, field: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.field, self.status = field, status
 
 
 class ModelError(NotelabError):
@@ -52,8 +62,11 @@ class EngineError(WorkerError):
     "The installed vLLM build cannot do what was asked (e.g. GPUs on a CPU build)."
 
 
-class LimitError(WorkerError):
-    "A per-user limit from settings would be exceeded."
+class LimitError(WorkerError, InvalidInput):
+    "A per-user limit from settings would be exceeded (the lab answers 403)."
+
+    def __init__(self, message: str, field: str = "replicas"):
+        InvalidInput.__init__(self, field, message, 403)
 
 
 class WorkerStartError(WorkerError):
@@ -68,6 +81,14 @@ class WorkerStartError(WorkerError):
 
 class NoReplicaError(WorkerError, ConnectionError):
     "No replica of a worker answered."
+
+
+class ExperimentError(NotelabError):
+    "A run or sweep could not start, or its inputs are wrong."
+
+
+class RunNotFoundError(ExperimentError, LookupError):
+    "No run has that id or name."
 
 # %% ../../nbs/00_core.ipynb #a2339145
 def tail(path: Path | str, lines: int = 30, max_bytes: int = 64_000) -> str:
@@ -118,6 +139,11 @@ def use_progress(style: str) -> None:
     if style not in ("tqdm", "rich", "none"):
         raise ValueError(f"progress style {style!r}: use 'tqdm', 'rich' or 'none'")
     _PROGRESS["style"] = style
+
+
+def progress_style() -> str:
+    "How progress is shown now: 'tqdm', 'rich' or 'none'."
+    return _PROGRESS["style"]
 
 
 class _Bar:
@@ -207,3 +233,60 @@ def note_use(what: str, value: str) -> None:
     "Record that this run used `value` as its `what` (worker, model, kb, data); each pair once."
     if not any(e.get("what") == what and e.get("value") == value for e in records("use")):
         record("use", what=what, value=value)
+
+# %% ../../nbs/00_core.ipynb #a3bb2d4b
+@dataclass(frozen=True)
+class ProcessRef:
+    "A process by pid and start time (and host): tells the process we started from a later one with its pid."
+    pid: int
+    started: float  # psutil's create_time, seconds since the epoch
+    host: str = ""
+
+    @classmethod
+    def of(cls, pid: int | None = None) -> "ProcessRef":
+        "The process `pid` (default: this one), as it is now."
+        import socket
+
+        import psutil
+
+        return cls(pid or os.getpid(), psutil.Process(pid or os.getpid()).create_time(), socket.gethostname())
+
+    @property
+    def here(self) -> bool:
+        "Is it a process of this machine (or of no named host)?"
+        import socket
+
+        return self.host in ("", socket.gethostname())
+
+    def process(self):
+        "The `psutil.Process` if it is still this very process and has not exited (zombies have), else None."
+        import psutil
+
+        if not self.here:
+            return None
+        try:
+            p = psutil.Process(self.pid)
+            if abs(p.create_time() - self.started) > 1 or p.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return p
+        except psutil.Error:
+            return None
+
+    def alive(self) -> bool:
+        return self.process() is not None
+
+
+def kill_tree(p, sig: int = 9, timeout: float = 5.0) -> None:
+    "Send `sig` to the `psutil.Process` `p` and every process below it, and wait (up to `timeout`) until they are gone."
+    import psutil
+
+    try:
+        procs = [p, *p.children(recursive=True)]
+    except psutil.Error:
+        procs = [p]
+    for q in procs:
+        try:
+            q.send_signal(sig)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=timeout)

@@ -8,137 +8,46 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-import os
-import re
-import subprocess
 import sys
-import tempfile
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qsl
 
-from .core import NotelabError
+from .core import InvalidInput, NotelabError
+from .rules import check_replicas, check_target, check_worker_name, default_worker_name, rules_json, slug
 from .settings import settings
 
 # %% auto #0
-__all__ = ['ROUTES', 'InputError', 'field', 'check_launch', 'launch_in_background', 'workers_json', 'cluster_spec', 'cluster',
-           'cluster_json', 'relative_output', 'start_api_run', 'start_api_sweep', 'compare_json', 'parse_vllm_metrics',
-           'worker_metrics', 'pick_replica', 'mlflow_proxy', 'ModelsHandler', 'WorkersHandler', 'WorkerHandler',
-           'ScaleHandler', 'LogsHandler', 'ParamsHandler', 'RunsHandler', 'RunHandler', 'MetricsHandler',
-           'CompareHandler', 'SweepsHandler', 'WorkerProxyHandler']
+__all__ = ['OPENAI_PATHS', 'ROUTES', 'field', 'cluster_spec', 'cluster', 'cluster_json', 'parse_vllm_metrics', 'worker_metrics',
+           'LabService', 'compare_json', 'mlflow_proxy', 'ModelsHandler', 'RulesHandler', 'WorkersHandler',
+           'WorkerHandler', 'ScaleHandler', 'LogsHandler', 'MetricsHandler', 'ParamsHandler', 'RunsHandler',
+           'RunHandler', 'CancelHandler', 'CompareHandler', 'SweepsHandler', 'WorkerProxyHandler', 'NotelabApp']
 
-# %% ../../nbs/17_server.ipynb #f5e6675a
-class InputError(Exception):
-    "Bad input: a field and what is wrong with it (answered as 400)."
-
-    def __init__(self, field: str, message: str, status: int = 400):
-        super().__init__(message)
-        self.field, self.message, self.status = field, message, status
-
-
+# %% ../../nbs/17_server.ipynb #ec1cad0b
 def field(body: dict, name: str, kind, default=None, *, required: bool = False, check=None, hint: str = ""):
-    "One field of a JSON body, of type `kind`, checked; `InputError` names it when it is wrong."
+    "One field of a JSON body, of type `kind`, checked; `InvalidInput` names it when it is wrong."
     if name not in body or body[name] is None:
         if required:
-            raise InputError(name, f"{name} is required{': ' + hint if hint else ''}")
+            raise InvalidInput(name, f"{name} is required{': ' + hint if hint else ''}")
         return default
     v = body[name]
     if kind is int and isinstance(v, bool) or not isinstance(v, kind):
         want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise InputError(name, f"{name} must be {want}, not {type(v).__name__}")
+        raise InvalidInput(name, f"{name} must be {want}, not {type(v).__name__}")
     if check is not None and not check(v):
-        raise InputError(name, f"{name}={v!r} is not valid{': ' + hint if hint else ''}")
+        raise InvalidInput(name, f"{name}={v!r} is not valid{': ' + hint if hint else ''}")
     return v
-
-# %% ../../nbs/17_server.ipynb #3d61bafc
-_LAUNCHES: dict[str, dict] = {}  # name -> {"state": "starting"|"failed", "error": ..., "model": ...}
-_LOCK = threading.Lock()
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def check_launch(body: dict) -> dict:
-    "The launch request, checked: model, name, replicas, GPUs, target and the user's limits."
-    from notelab.models import resolve
-    from notelab.workers import list_workers
-
-    s = settings()
-    target = field(body, "target", str, "local", check=lambda t: t in ("local", "cluster"), hint="local or cluster")
-    model = field(body, "model", str, s.lab.default_model)
-    try:
-        ref = resolve(model).ref
-    except NotelabError as e:
-        raise InputError("model", str(e)) from None
-    name = field(body, "name", str, ref.split("@")[0], check=_NAME.match,
-                 hint="letters, digits, '.', '_' or '-', at most 64")
-    replicas = field(body, "replicas", int, 1, check=lambda n: 1 <= n <= s.limits.max_replicas,
-                     hint=f"1 to {s.limits.max_replicas} ([limits] max_replicas)")
-    gpus = field(body, "gpus_per_replica", int, None, check=lambda n: n >= 0)
-    extra = field(body, "extra_args", list, [], check=lambda xs: all(isinstance(x, str) for x in xs),
-                  hint="a list of vLLM arguments, as strings")
-    if target == "cluster":
-        return {"target": "cluster", "model": ref, "name": name, "spec": cluster_spec(name, ref, replicas, gpus, extra)}
-    workers = list_workers()
-    with _LOCK:
-        busy = {w.name for w in workers} | {n for n, l in _LAUNCHES.items() if l["state"] == "starting"}
-    if name in busy:
-        raise InputError("name", f"a worker named {name!r} exists or is starting; pick another name", 409)
-    if len(busy) >= s.limits.max_workers:
-        raise InputError("model", f"{len(busy)} workers already run, the most [limits] max_workers allows; "
-                                  "stop one first", 403)
-    used = sum(len(w.replicas) * w.gpus_per_replica for w in workers)
-    if (gpus or 0) * replicas + used > s.limits.max_gpus:
-        raise InputError("gpus_per_replica", f"{(gpus or 0) * replicas} more GPUs would pass [limits] max_gpus "
-                                             f"({s.limits.max_gpus}, {used} in use)", 403)
-    return {"target": "local", "model": ref, "name": name, "replicas": replicas, "gpus_per_replica": gpus,
-            "extra_args": extra}
-
-
-def launch_in_background(req: dict) -> None:
-    "Start a worker in a thread; its progress is in `_LAUNCHES` until the registry has it (or it failed)."
-    from notelab.workers import launch_worker
-
-    with _LOCK:
-        _LAUNCHES[req["name"]] = {"state": "starting", "model": req["model"], "error": None}
-
-    def go():
-        try:
-            launch_worker(req["model"], name=req["name"], replicas=req["replicas"],
-                          gpus_per_replica=req["gpus_per_replica"], extra_args=req["extra_args"], show_progress=False)
-            with _LOCK:
-                _LAUNCHES.pop(req["name"], None)
-        except Exception as e:  # the launcher cleaned up; keep the reason for the panel
-            with _LOCK:
-                if req["name"] in _LAUNCHES:  # not when it failed because someone stopped it (DELETE pops it)
-                    _LAUNCHES[req["name"]] = {"state": "failed", "model": req["model"], "error": str(e)}
-
-    threading.Thread(target=go, daemon=True, name=f"launch-{req['name']}").start()
-
-
-def workers_json() -> list[dict]:
-    "Registered workers (with live state) and launches still starting or failed."
-    from notelab.workers import list_workers
-
-    out = [{**w.to_dict(), "target": "local"} for w in list_workers()]
-    have = {w["name"] for w in out}
-    with _LOCK:
-        out += [{"name": n, "model": l["model"], "state": l["state"], "error": l["error"], "replicas": [],
-                 "target": "local"} for n, l in _LAUNCHES.items() if n not in have]
-    if (cw := cluster(required=False)) is not None:
-        out += cluster_json(cw)
-    return out
 
 # %% ../../nbs/17_server.ipynb #67d3501f
 def cluster_spec(name: str, model: str, replicas: int, gpus: int | None, extra: list):
     from notelab.cluster import ClusterError, ClusterWorkerSpec
-    from notelab.core import LimitError
 
     try:
         return ClusterWorkerSpec(name, model, replicas=replicas, gpus=gpus, extra_args=extra)
     except ClusterError as e:
-        raise InputError("name", str(e)) from None
-    except LimitError as e:
-        raise InputError("replicas" if "--replicas" in str(e) and "--gpus" not in str(e) else "gpus_per_replica",
-                         str(e), 403) from None
+        raise InvalidInput("name", str(e)) from None
 
 
 def cluster(required: bool = True):
@@ -149,7 +58,7 @@ def cluster(required: bool = True):
         return ClusterWorkers()
     except ClusterError as e:
         if required:
-            raise InputError("target", f"{e} (the lab's environment)") from None
+            raise InvalidInput("target", f"{e} (the lab's environment)") from None
         return None
 
 
@@ -168,136 +77,9 @@ def cluster_json(cw) -> list[dict]:
             for w in workers]
 
 # %% ../../nbs/17_server.ipynb #622967c0
-def _notebook_under(root: Path, body: dict) -> tuple[str, Path]:
-    rel = field(body, "notebook", str, required=True, hint="a notebook path relative to the server's root")
-    nb = (root / rel).resolve()
-    if root.resolve() not in nb.parents or nb.suffix != ".ipynb" or not nb.is_file():
-        raise InputError("notebook", f"{rel}: no such notebook under the server's root")
-    return rel, nb
-
-
-def _checked(nb: Path, params: dict, prefix: str = "params") -> dict:
-    from notelab.experiments import ExperimentError, check_params
-
-    try:
-        return check_params(nb, params)
-    except ExperimentError as e:
-        bad = re.search(r"parameter '?([A-Za-z_]\w*)", str(e))
-        raise InputError(f"{prefix}.{bad.group(1)}" if bad else prefix, str(e)) from None
-
-
-def _background(argv: list[str], cwd: Path, payload: dict) -> None:
-    """A child in a session of its own, given `payload` as a JSON file (its last argument); a thread reaps it
-    when it ends (its state is in MLflow) and removes the file."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(payload, f)
-    p = subprocess.Popen([*argv, f.name], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, "NOTELAB_PROGRESS": "none"}, start_new_session=True)
-
-    def reap():
-        p.wait()
-        Path(f.name).unlink(missing_ok=True)
-
-    threading.Thread(target=reap, daemon=True).start()
-
-
-def relative_output(root: Path, path: str | None) -> str | None:
-    "An output notebook's path relative to the server's root, or None when it lies outside."
-    if not path:
-        return None
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return None
-
-
-def start_api_run(root: Path, body: dict) -> dict:
-    from notelab.experiments import start_run
-
-    rel, nb = _notebook_under(root, body)
-    params = field(body, "params", dict, {})
-    experiment = field(body, "experiment", str, nb.stem, check=lambda e: 0 < len(e) <= 200)
-    values = _checked(nb, params)
-    _, r = start_run(nb, values, experiment=experiment, tags={"notelab.started_by": "jupyter"})
-    rid = r.info.run_id
-    out = root.resolve() / "notelab-runs" / re.sub(r"[^\w.-]+", "-", experiment) / f"{nb.stem}-{rid[:8]}.ipynb"
-    _background([sys.executable, "-c", "from notelab.cli import main; main()", "run", str(nb), "--run-id", rid,
-                 "--output", str(out), "--json", "-f"], nb.parent, params)
-    return {"run_id": rid, "experiment": experiment, "status": "RUNNING", "notebook": rel,
-            "output_path": relative_output(root, str(out))}
-
-
-def start_api_sweep(root: Path, body: dict) -> dict:
-    "A grid sweep: `grid` maps parameter names to lists of values; `params` are fixed for every variant."
-    rel, nb = _notebook_under(root, body)
-    grid = field(body, "grid", dict, required=True, check=lambda g: len(g) > 0,
-                 hint='{"NAME": [V1, V2, ...]} for at least one parameter')
-    for k, vs in grid.items():
-        if not isinstance(vs, list) or not vs:
-            raise InputError(f"grid.{k}", f"grid.{k} must be a non-empty list of values")
-    n = math.prod(len(vs) for vs in grid.values())
-    if n > settings().limits.max_sweep_variants:
-        raise InputError("grid", f"{n} variants; [limits] max_sweep_variants is {settings().limits.max_sweep_variants}")
-    params = field(body, "params", dict, {})
-    for k, vs in grid.items():
-        for v in vs:
-            _checked(nb, {**params, k: v}, prefix="grid")
-    parallel = field(body, "parallel", int, 1, check=lambda n: 1 <= n <= 8, hint="1 to 8")
-    experiment = field(body, "experiment", str, nb.stem, check=lambda e: 0 < len(e) <= 200)
-    code = ("import json, sys; from notelab.experiments import sweep; a = json.load(open(sys.argv[1])); "
-            "sweep(a.pop('notebook'), show_progress=False, **a)")
-    _background([sys.executable, "-c", code], nb.parent,
-                {"notebook": str(nb), "grid": grid, "params": params, "parallel": parallel, "experiment": experiment})
-    return {"experiment": experiment, "status": "RUNNING", "notebook": rel, "variants": n}
-
-# %% ../../nbs/17_server.ipynb #f07a0388
-def compare_json(a: str, b: str, metric: str, confidence: str = "0.95") -> dict:
-    "`GET compare?a=RUN&b=RUN&metric=M`: the comparison, its plot and the pairs, largest change first."
-    import base64
-    import io
-
-    from matplotlib.figure import Figure  # no pyplot: nothing global in the server's threads
-
-    from notelab.experiments import ExperimentError, RunNotFoundError, compare, get_run
-
-    names = {}
-    for fld, ref in (("a", a), ("b", b)):
-        if not ref:
-            raise InputError(fld, f"{fld}: give a run id or name")
-        try:
-            names[fld] = get_run(ref).info.run_name
-        except RunNotFoundError as e:
-            raise InputError(fld, str(e), 404) from None
-    if not metric:
-        raise InputError("metric", "metric: name a per-example column both runs logged")
-    try:
-        level = float(confidence)
-    except ValueError:
-        raise InputError("confidence", "confidence: a level between 0 and 1, like 0.95") from None
-    try:
-        c = compare(a, b, metric, confidence=level)
-    except ExperimentError as e:
-        msg = str(e)
-        raise InputError("confidence" if "confidence" in msg else "metric", msg) from None
-    fig = c.plot(Figure(figsize=(10, 4)))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    key = next(col for col in c.pairs.columns if col not in ("A", "B", "diff"))
-    pairs = c.pairs.assign(_abs=c.pairs["diff"].abs()).sort_values("_abs", ascending=False, kind="stable")
-    return {**c.to_dict(), "name_a": names["a"], "name_b": names["b"], "verdict": c.verdict(),
-            "key": None if key == "_row" else key,
-            "pairs": [{"key": str(r[key]), "a": float(r["A"]), "b": float(r["B"]), "diff": float(r["diff"])}
-                      for _, r in pairs.iterrows()],
-            "plot": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}
-
-# %% ../../nbs/17_server.ipynb #23d62124
-import itertools
-import time
-
 _VLLM = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting",
          "vllm:kv_cache_usage_perc": "kv_cache", "vllm:generation_tokens_total": "generation_tokens",
          "vllm:prompt_tokens_total": "prompt_tokens"}
-_LAST: dict[str, tuple[float, float]] = {}  # worker -> (time of the last read, generated tokens then)
 
 
 def parse_vllm_metrics(text: str) -> dict[str, float]:
@@ -312,8 +94,8 @@ def parse_vllm_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def worker_metrics(name: str) -> dict:
-    "Live figures of a local worker: per replica, and summed (KV cache: the fullest replica)."
+def worker_metrics(name: str, last: dict | None = None) -> dict:
+    "Live figures of a local worker: per replica, and summed; `last` keeps the previous read for tokens/s."
     import httpx
 
     from notelab.workers import get_worker
@@ -330,35 +112,340 @@ def worker_metrics(name: str) -> dict:
         replicas.append(row)
     live = [r for r in replicas if "running" in r]
     tokens = sum(r["generation_tokens"] for r in live)
-    now, prev = time.monotonic(), _LAST.get(name)
-    _LAST[name] = (now, tokens)
+    last = {} if last is None else last
+    now, prev = time.monotonic(), last.get(name)
+    last[name] = (now, tokens)
     rate = max(0.0, (tokens - prev[1]) / (now - prev[0])) if prev and now > prev[0] and live else None
     return {"name": name, "state": w.state, "endpoint": w.endpoint,
             "running": int(sum(r["running"] for r in live)), "waiting": int(sum(r["waiting"] for r in live)),
             "kv_cache": max((r["kv_cache"] for r in live), default=None), "tokens_per_s": rate,
             "generation_tokens": int(tokens), "replicas": replicas}
 
+# %% ../../nbs/17_server.ipynb #f07a0388
+class LabService:
+    "What the lab's API does, without Tornado: each method takes parsed input and returns JSON-ready data."
+
+    def __init__(self, root: Path, max_threads: int = 8):
+        from notelab.store import client
+
+        self.root = Path(root).resolve()
+        self.executor = ThreadPoolExecutor(max_threads, thread_name_prefix="notelab-api")
+        self.executor.submit(client)  # MLflow takes a second to import: before the first panel asks
+        self.lock = threading.Lock()
+        self.launches: dict[str, dict] = {}  # name -> {"state": "starting"|"failed", "error": ..., "model": ...}
+        self.started: dict = {}  # run id -> RunHandle of the runs and sweeps this lab started
+        self.routers: dict = {}  # worker -> httpx2.AsyncClient over its replica pool (see `router`)
+        self.last_read: dict = {}  # worker -> (time, generated tokens) of the previous figures
+
+    # -- workers -------------------------------------------------------------------------------------
+    def check_launch(self, body: dict) -> dict:
+        "The launch request, checked by the rules: model, name, replicas, GPUs, target and the user's limits."
+        from notelab.models import resolve
+        from notelab.rules import check_gpus
+        from notelab.workers import list_workers
+
+        s = settings()
+        target = check_target(field(body, "target", str, "local"))
+        model = field(body, "model", str, s.lab.default_model)
+        try:
+            ref = resolve(model).ref
+        except NotelabError as e:
+            raise InvalidInput("model", str(e)) from None
+        replicas = check_replicas(field(body, "replicas", int, 1))
+        gpus = field(body, "gpus_per_replica", int, None)
+        extra = field(body, "extra_args", list, [], check=lambda xs: all(isinstance(x, str) for x in xs),
+                      hint="a list of vLLM arguments, as strings")
+        if target == "cluster":
+            name = check_worker_name(field(body, "name", str, None) or default_worker_name(ref))
+            return {"target": "cluster", "model": ref, "name": name,
+                    "spec": cluster_spec(name, ref, replicas, gpus, extra)}
+        from notelab.engine import check_extra_args
+
+        try:
+            check_extra_args(extra)
+        except NotelabError as e:
+            raise InvalidInput("extra_args", str(e)) from None
+        workers = list_workers(probe=False)
+        with self.lock:
+            busy = {w.name for w in workers} | {n for n, l in self.launches.items() if l["state"] == "starting"}
+        name = check_worker_name(field(body, "name", str, None) or default_worker_name(ref, busy))
+        if name in busy:
+            raise InvalidInput("name", f"a worker named {name!r} exists or is starting; pick another name", 409)
+        if len(busy) >= s.limits.max_workers:
+            raise InvalidInput("name", f"{len(busy)} workers already run, the most [limits] max_workers allows; "
+                                       "stop one first", 403)
+        used = sum(len(w.replicas) * w.gpus_per_replica for w in workers)
+        check_gpus(gpus or 0, replicas, used)
+        return {"target": "local", "model": ref, "name": name, "replicas": replicas, "gpus_per_replica": gpus,
+                "extra_args": extra}
+
+    def launch(self, body: dict) -> dict:
+        "Check a launch, then start it: a local worker in a thread (it shows as starting), a cluster one at once."
+        from notelab.workers import launch_worker
+
+        req = self.check_launch(body)
+        if req["target"] == "cluster":  # applied now; the cluster does the slow part
+            w = cluster().launch(req["spec"])
+            return {"name": w.name, "state": w.state, "model": req["model"], "target": "cluster"}
+        name = req["name"]
+        with self.lock:
+            self.launches[name] = {"state": "starting", "model": req["model"], "error": None}
+
+        def go():
+            try:
+                launch_worker(req["model"], name=name, replicas=req["replicas"], gpus_per_replica=req["gpus_per_replica"],
+                              extra_args=req["extra_args"], show_progress=False)
+                with self.lock:
+                    self.launches.pop(name, None)
+            except Exception as e:  # the launcher cleaned up; keep the reason for the panel
+                with self.lock:
+                    if name in self.launches:  # not when it failed because someone stopped it (which pops it)
+                        self.launches[name] = {"state": "failed", "model": req["model"], "error": str(e)}
+
+        threading.Thread(target=go, daemon=True, name=f"launch-{name}").start()
+        return {"name": name, "state": "starting", "model": req["model"], "target": "local"}
+
+    def workers(self) -> list[dict]:
+        "Registered workers (with live state), launches still starting or failed, and the cluster's workers."
+        from notelab.workers import list_workers
+
+        out = [{**w.to_dict(), "target": "local"} for w in list_workers()]
+        have = {w["name"] for w in out}
+        with self.lock:
+            out += [{"name": n, "model": l["model"], "state": l["state"], "error": l["error"], "replicas": [],
+                     "target": "local"} for n, l in self.launches.items() if n not in have]
+        if (cw := cluster(required=False)) is not None:
+            out += cluster_json(cw)
+        return out
+
+    def worker(self, name: str) -> dict:
+        from notelab.workers import get_worker
+
+        return get_worker(check_worker_name(name)).to_dict()
+
+    def stop(self, name: str, target: str = "local") -> dict:
+        from notelab.workers import stop_worker
+
+        check_worker_name(name)
+        if check_target(target) == "cluster":
+            cluster().stop(name)
+            return {"name": name, "state": "stopped", "target": "cluster"}
+        with self.lock:
+            self.launches.pop(name, None)
+        w = stop_worker(name)
+        return {"name": w.name, "state": "stopped", "target": "local"}
+
+    def scale(self, name: str, body: dict) -> dict:
+        from notelab.workers import scale_worker
+
+        check_worker_name(name)
+        target = check_target(field(body, "target", str, "local"))
+        n = check_replicas(field(body, "replicas", int, required=True), allow_zero=target == "cluster")
+        if target == "cluster":
+            w = cluster().scale(name, n)
+            return {"name": w.name, "state": w.state, "desired": w.replicas, "target": "cluster"}
+        return scale_worker(name, n, show_progress=False).to_dict()
+
+    def metrics(self, name: str) -> dict:
+        return worker_metrics(check_worker_name(name), self.last_read)
+
+    # -- runs ----------------------------------------------------------------------------------------
+    def notebook(self, rel) -> Path:
+        "A notebook under the server's root, by its path relative to the root."
+        if not isinstance(rel, str) or not rel:
+            raise InvalidInput("notebook", "notebook is required: a notebook path relative to the server's root")
+        nb = (self.root / rel).resolve()
+        if self.root not in nb.parents or nb.suffix != ".ipynb" or not nb.is_file():
+            raise InvalidInput("notebook", f"{rel}: no such notebook under the server's root")
+        return nb
+
+    def relative(self, path: str | None) -> str | None:
+        "An output notebook's path relative to the server's root, or None when it lies outside."
+        if not path:
+            return None
+        try:
+            return Path(path).resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+
+    def _outputs(self, experiment: str) -> Path:
+        return self.root / "notelab-runs" / slug(experiment)
+
+    def _reap(self, handle) -> None:
+        "Follow a run this lab started until it ends (reaping its process, with its exit code)."
+        def go():
+            try:
+                handle.wait()
+            except Exception:  # the run's state is in MLflow whatever happens here
+                pass
+            with self.lock:
+                self.started.pop(handle.run_id, None)
+
+        with self.lock:
+            self.started[handle.run_id] = handle
+        threading.Thread(target=go, daemon=True, name=f"reap-{handle.run_id[:8]}").start()
+
+    def start_run(self, body: dict) -> dict:
+        "`POST runs`: check, create and start a run of a notebook under the root; its output notebook goes under the root."
+        from notelab.rules import check_experiment_name
+        from notelab.runs import submit
+
+        nb = self.notebook(body.get("notebook"))
+        params = field(body, "params", dict, {})
+        experiment = check_experiment_name(field(body, "experiment", str, nb.stem))
+        h = submit(nb, params, experiment=experiment, output_dir=self._outputs(experiment),
+                   tags={"notelab.started_by": "jupyter"})
+        self._reap(h)
+        return self.run(h.run_id)
+
+    def start_sweep(self, body: dict) -> dict:
+        "`POST sweeps`: a grid sweep; `grid` maps parameter names to lists of values, `params` are fixed."
+        import math
+
+        from notelab.params import ParameterError, check_params, notebook_params
+        from notelab.rules import check_experiment_name
+        from notelab.sweeps import submit_sweep
+
+        nb = self.notebook(body.get("notebook"))
+        grid = field(body, "grid", dict, required=True, check=lambda g: len(g) > 0,
+                     hint='{"NAME": [V1, V2, ...]} for at least one parameter')
+        for k, vs in grid.items():
+            if not isinstance(vs, list) or not vs:
+                raise InvalidInput(f"grid.{k}", f"grid.{k} must be a non-empty list of values")
+        n, most = math.prod(len(vs) for vs in grid.values()), settings().limits.max_sweep_variants
+        if n > most:
+            raise InvalidInput("grid", f"{n} variants; [limits] max_sweep_variants is {most}")
+        params = field(body, "params", dict, {})
+        declared = notebook_params(nb)
+        for k, vs in grid.items():
+            for v in vs:
+                try:
+                    check_params(nb, {**params, k: v}, declared=declared)
+                except ParameterError as e:
+                    raise InvalidInput(f"grid.{k}" if e.field == f"params.{k}" else e.field, str(e)) from None
+        parallel = field(body, "parallel", int, 1, check=lambda p: 1 <= p <= 8, hint="1 to 8")
+        experiment = check_experiment_name(field(body, "experiment", str, nb.stem))
+        h = submit_sweep(nb, grid=grid, params=params, parallel=parallel, experiment=experiment,
+                         max_variants=most, output_dir=self._outputs(experiment), tags={"notelab.started_by": "jupyter"})
+        self._reap(h)
+        return {**self.run(h.run_id), "variants": n, "notebook": self.relative(str(nb))}
+
+    def run(self, ref: str) -> dict:
+        "One run as the panels show it (as it really is: a run whose executor died is FAILED)."
+        from notelab.runs import get_run
+        from notelab.store import Run
+
+        r = Run.from_mlflow(get_run(ref)).to_dict()
+        return {**r, "output_path": self.relative(r["output_notebook"])}
+
+    def runs(self, experiment: str | None, limit: int) -> list[dict]:
+        from notelab.runs import list_runs
+
+        return [{**r, "output_path": self.relative(r["output_notebook"])}
+                for r in list_runs(experiment, limit=limit, as_frame=False)]
+
+    def cancel(self, ref: str) -> dict:
+        "`POST runs/{id}/cancel`: stop a run, or a sweep with all its variants."
+        from notelab.runs import cancel
+
+        r = cancel(ref)
+        return {**r.to_dict(), "output_path": self.relative(r.output_notebook)}
+
+    def params(self, rel: str) -> dict:
+        from notelab.params import notebook_params
+
+        try:
+            return notebook_params(self.notebook(rel))
+        except InvalidInput as e:
+            raise InvalidInput("path", str(e)) from None
+
+    # -- a worker's endpoint, routed as `notelab.connect` routes ---------------------------------------------
+    def router(self, name: str):
+        "An `httpx2.AsyncClient` that sends to the least busy live replica of a worker and fails over (one per worker)."
+        import httpx2
+
+        from notelab.client import AsyncRoutingTransport, ReplicaPool
+
+        check_worker_name(name)
+        with self.lock:
+            client = self.routers.get(name)
+        if client is None:
+            pool = ReplicaPool(name)  # raises WorkerNotFoundError for a worker that is not registered
+            client = httpx2.AsyncClient(transport=AsyncRoutingTransport(pool), timeout=httpx2.Timeout(None, connect=5))
+            with self.lock:
+                client = self.routers.setdefault(name, client)
+        return client
+
+    # -- the end -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        "What the lab started ends with it: runs and sweeps still running are cancelled, launches still starting stopped."
+        from notelab.runs import cancel
+        from notelab.workers import stop_worker
+
+        with self.lock:
+            handles, starting = list(self.started.values()), [n for n, l in self.launches.items() if l["state"] == "starting"]
+            self.launches.clear()
+        for h in handles:
+            try:
+                cancel(h.run_id, grace=5)
+            except NotelabError:
+                pass
+        for name in starting:
+            try:
+                stop_worker(name, timeout=5)
+            except NotelabError:
+                pass
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
 # %% ../../nbs/17_server.ipynb #e6587f8c
-_TURN = itertools.count()
+def compare_json(a: str, b: str, metric: str, confidence: str = "0.95") -> dict:
+    "`GET compare?a=RUN&b=RUN&metric=M`: the comparison, its plot and the pairs, largest change first."
+    import base64
+    import io
 
+    from matplotlib.figure import Figure  # no pyplot: nothing global in the server's threads
 
-def pick_replica(name: str):
-    "A ready replica of the worker, taking turns; `InputError` (404/503) when there is none."
-    from notelab.workers import get_worker
+    from notelab.comparison import compare
+    from notelab.core import ExperimentError, RunNotFoundError
+    from notelab.store import find_run
 
+    names = {}
+    for fld, ref in (("a", a), ("b", b)):
+        if not ref:
+            raise InvalidInput(fld, f"{fld}: give a run id or name")
+        try:
+            names[fld] = find_run(ref).info.run_name
+        except RunNotFoundError as e:
+            raise InvalidInput(fld, str(e), 404) from None
+    if not metric:
+        raise InvalidInput("metric", "metric: name a per-example column both runs logged")
     try:
-        w = get_worker(name)
-    except NotelabError as e:
-        raise InputError("name", str(e), 404) from None
-    ready = w.ready
-    if not ready:
-        raise InputError("name", f"worker {name!r} has no ready replica (state: {w.state})", 503)
-    return ready[next(_TURN) % len(ready)]
+        level = float(confidence)
+    except ValueError:
+        raise InvalidInput("confidence", "confidence: a level between 0 and 1, like 0.95") from None
+    try:
+        c = compare(a, b, metric, confidence=level)
+    except ExperimentError as e:
+        msg = str(e)
+        raise InvalidInput("confidence" if "confidence" in msg else "metric", msg) from None
+    fig = c.plot(Figure(figsize=(10, 4)))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    key = next(col for col in c.pairs.columns if col not in ("A", "B", "diff"))
+    pairs = c.pairs.assign(_abs=c.pairs["diff"].abs()).sort_values("_abs", ascending=False, kind="stable")
+    return {**c.to_dict(), "name_a": names["a"], "name_b": names["b"], "verdict": c.verdict(),
+            "key": None if key == "_row" else key,
+            "pairs": [{"key": str(r[key]), "a": float(r["A"]), "b": float(r["B"]), "diff": float(r["diff"])}
+                      for _, r in pairs.iterrows()],
+            "plot": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}
+
+# %% ../../nbs/17_server.ipynb #9682826a
+OPENAI_PATHS = {"models", "chat/completions", "completions", "embeddings"}  #: what the lab forwards to a worker
 
 # %% ../../nbs/17_server.ipynb #4e736058
 def mlflow_proxy() -> dict:
     "jupyter-server-proxy's description of the MLflow UI on notelab's tracking store."
-    from notelab.experiments import tracking_uri
+    from notelab.store import tracking_uri
 
     def command(port, base_url):
         return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(),
@@ -369,13 +456,21 @@ def mlflow_proxy() -> dict:
             "launcher_entry": {"enabled": False, "title": "MLflow"}}
 
 # %% ../../nbs/17_server.ipynb #a24c0281
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
-from jupyter_server.utils import url_path_join
+from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
+from traitlets import Int
 
 
-class _Base(APIHandler):
-    "JSON in and out; `InputError` and notelab's errors become JSON with the field."
+class _Base(ExtensionHandlerMixin, APIHandler):
+    "JSON in and out; `InvalidInput` and notelab's errors become JSON with the field."
+    auth_resource = "notelab"
+
+    @property
+    def service(self) -> LabService:
+        return self.extensionapp.service
 
     def body(self) -> dict:
         if not self.request.body:
@@ -383,29 +478,33 @@ class _Base(APIHandler):
         try:
             b = json.loads(self.request.body)
         except ValueError as e:
-            raise InputError("body", f"not JSON: {e}") from None
+            raise InvalidInput("body", f"not JSON: {e}") from None
         if not isinstance(b, dict):
-            raise InputError("body", "send a JSON object")
+            raise InvalidInput("body", "send a JSON object")
         return b
 
+    def fail(self, e: NotelabError) -> None:
+        if isinstance(e, InvalidInput):
+            self.set_status(e.status)
+            return self.finish({"error": str(e), "field": e.field})
+        self.set_status(404 if isinstance(e, LookupError) else 400)
+        self.finish({"error": str(e), "field": None})
+
     async def guarded(self, fn, *a, status: int = 200, body: bool = False):
-        "Run `fn(*a)` (after the parsed JSON body, if `body`) in a thread; errors become JSON naming the field."
+        "Run `fn(*a)` (after the parsed JSON body, if `body`) in the app's threads; errors become JSON naming the field."
         try:
             if body:
                 a = (*a, self.body())
-            result = await asyncio.get_running_loop().run_in_executor(None, fn, *a)
-        except InputError as e:
-            self.set_status(e.status)
-            return self.finish({"error": e.message, "field": e.field})
+            result = await asyncio.get_running_loop().run_in_executor(self.service.executor, fn, *a)
         except NotelabError as e:
-            self.set_status(404 if isinstance(e, LookupError) else 400)
-            return self.finish({"error": str(e), "field": None})
+            return self.fail(e)
         self.set_status(status)
         self.finish(json.dumps(result, default=str))
 
 
 class ModelsHandler(_Base):
     @web.authenticated
+    @authorized
     async def get(self):
         from notelab.models import list_models
 
@@ -413,113 +512,87 @@ class ModelsHandler(_Base):
                                      "source": m.source, "created": m.created} for m in list_models()])
 
 
+class RulesHandler(_Base):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        await self.guarded(rules_json)
+
+
 class WorkersHandler(_Base):
     @web.authenticated
+    @authorized
     async def get(self):
-        await self.guarded(workers_json)
+        await self.guarded(self.service.workers)
 
     @web.authenticated
+    @authorized
     async def post(self):
-        def go(body):
-            req = check_launch(body)
-            if req["target"] == "cluster":  # applied now; the cluster does the slow part
-                w = cluster().launch(req["spec"])
-                return {"name": w.name, "state": w.state, "model": req["model"], "target": "cluster"}
-            launch_in_background(req)
-            return {"name": req["name"], "state": "starting", "model": req["model"], "target": "local"}
-
-        await self.guarded(go, status=202, body=True)
+        await self.guarded(self.service.launch, status=202, body=True)
 
 
 class WorkerHandler(_Base):
     @web.authenticated
+    @authorized
     async def get(self, name):
-        from notelab.workers import get_worker
-
-        await self.guarded(lambda: get_worker(name).to_dict())
+        await self.guarded(self.service.worker, name)
 
     @web.authenticated
+    @authorized
     async def delete(self, name):
-        from notelab.workers import stop_worker
-
-        def go():
-            if self.get_argument("target", "local") == "cluster":
-                cluster().stop(name)
-                return {"name": name, "state": "stopped", "target": "cluster"}
-            with _LOCK:
-                _LAUNCHES.pop(name, None)
-            w = stop_worker(name)
-            return {"name": w.name, "state": "stopped", "target": "local"}
-
-        await self.guarded(go)
+        await self.guarded(self.service.stop, name, self.get_argument("target", "local"))
 
 
 class ScaleHandler(_Base):
     @web.authenticated
+    @authorized
     async def post(self, name):
-        from notelab.workers import scale_worker
-
-        def go(body):
-            n = field(body, "replicas", int, required=True, check=lambda n: 0 <= n <= settings().limits.max_replicas,
-                      hint=f"0 to {settings().limits.max_replicas}")
-            if field(body, "target", str, "local", check=lambda t: t in ("local", "cluster")) == "cluster":
-                w = cluster().scale(name, n)
-                return {"name": w.name, "state": w.state, "desired": w.replicas, "target": "cluster"}
-            w = scale_worker(name, n)
-            return w.to_dict()
-
-        await self.guarded(go, body=True)
+        await self.guarded(self.service.scale, name, body=True)
 
 
 class LogsHandler(_Base):
     "A replica's log as text; `follow=1` streams new lines for up to `timeout` seconds."
 
     @web.authenticated
+    @authorized
     async def get(self, name):
         from notelab.workers import get_worker
 
+        loop = asyncio.get_running_loop()
         try:
-            replica = int(self.get_argument("replica", "0"))
-            lines = int(self.get_argument("lines", "100"))
-            timeout = float(self.get_argument("timeout", "30"))
-        except ValueError:
-            self.set_status(400)
-            return self.finish({"error": "replica, lines and timeout are numbers", "field": "replica"})
-        follow = self.get_argument("follow", "0") in ("1", "true")
-        if self.get_argument("target", "local") == "cluster":  # the pod's log, as the API server has it
+            check_worker_name(name)
             try:
-                text = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: cluster().logs(name, replica=replica, tail=lines))
-            except InputError as e:
-                self.set_status(e.status)
-                return self.finish({"error": e.message, "field": e.field})
-            except NotelabError as e:
-                self.set_status(404 if isinstance(e, LookupError) else 400)
-                return self.finish({"error": str(e), "field": "name"})
-            self.set_header("Content-Type", "text/plain; charset=utf-8")
-            return self.finish(text)
-        try:
-            w = await asyncio.get_running_loop().run_in_executor(None, get_worker, name)
+                raw = self.get_argument("replica", None)
+                replica = None if raw in (None, "") else int(raw)
+                lines, timeout = int(self.get_argument("lines", "100")), float(self.get_argument("timeout", "30"))
+            except ValueError:
+                raise InvalidInput("replica", "replica, lines and timeout are numbers") from None
+            follow = self.get_argument("follow", "0") in ("1", "true")
+            if check_target(self.get_argument("target", "local")) == "cluster":  # the pod's log, as the API has it
+                text = await loop.run_in_executor(self.service.executor,
+                                                  lambda: cluster().logs(name, replica=replica or 0, tail=lines))
+                self.set_header("Content-Type", "text/plain; charset=utf-8")
+                return self.finish(text)
+            w = await loop.run_in_executor(self.service.executor, get_worker, name)
+            rep = w.replica(replica)  # default: the first ready one
         except NotelabError as e:
-            self.set_status(404)
-            return self.finish({"error": str(e), "field": "name"})
-        rep = next((r for r in w.replicas if r.index == replica), None)
-        if rep is None:
-            self.set_status(400)
-            return self.finish({"error": f"worker {name!r} has no replica {replica}", "field": "replica"})
+            return self.fail(e)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         path = Path(rep.log)
         text = path.read_text(errors="replace") if path.exists() else ""
         self.write("".join(text.splitlines(keepends=True)[-lines:]) if lines > 0 else "")
         await self.flush()
         if follow:
-            pos, loop = len(text.encode()), asyncio.get_running_loop()
+            pos = len(text.encode())
             deadline = loop.time() + timeout
             while loop.time() < deadline and not self.request.connection.stream.closed():
                 await asyncio.sleep(0.5)
-                with open(path, "rb") as f:
-                    f.seek(pos)
-                    new = f.read()
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(pos)
+                        new = f.read()
+                except FileNotFoundError:  # the worker was stopped: its log went with it
+                    break
                 if new:
                     pos += len(new)
                     self.write(new.decode(errors="replace"))
@@ -527,60 +600,53 @@ class LogsHandler(_Base):
         self.finish()
 
 
+class MetricsHandler(_Base):
+    @web.authenticated
+    @authorized
+    async def get(self, name):
+        await self.guarded(self.service.metrics, name)
+
+
 class ParamsHandler(_Base):
     @web.authenticated
+    @authorized
     async def get(self):
-        from notelab.experiments import notebook_params
-
-        def go(rel):
-            root = Path(self.settings["server_root_dir"]).resolve()
-            nb = (root / rel).resolve()
-            if root not in nb.parents or not nb.is_file():
-                raise InputError("path", f"{rel}: no such notebook under the server's root")
-            return notebook_params(nb)
-
-        await self.guarded(go, self.get_argument("path", ""))
+        await self.guarded(self.service.params, self.get_argument("path", ""))
 
 
 class RunsHandler(_Base):
     @web.authenticated
+    @authorized
     async def get(self):
-        from notelab.experiments import list_runs
-
         try:
             limit = int(self.get_argument("limit", "50"))
         except ValueError:
-            self.set_status(400)
-            return self.finish({"error": "limit must be a whole number", "field": "limit"})
-        root = Path(self.settings["server_root_dir"])
-        await self.guarded(lambda: [{**r, "output_path": relative_output(root, r["output_notebook"])}
-                                    for r in list_runs(self.get_argument("experiment", None), limit=limit,
-                                                       as_frame=False)])
+            return self.fail(InvalidInput("limit", "limit must be a whole number"))
+        await self.guarded(self.service.runs, self.get_argument("experiment", None), limit)
 
     @web.authenticated
+    @authorized
     async def post(self):
-        await self.guarded(start_api_run, Path(self.settings["server_root_dir"]), status=202, body=True)
+        await self.guarded(self.service.start_run, status=202, body=True)
 
 
 class RunHandler(_Base):
     @web.authenticated
+    @authorized
     async def get(self, run_id):
-        def go():
-            from notelab.experiments import Run, get_run
-
-            return Run.from_mlflow(get_run(run_id)).to_dict()
-
-        await self.guarded(go)
+        await self.guarded(self.service.run, run_id)
 
 
-class MetricsHandler(_Base):
+class CancelHandler(_Base):
     @web.authenticated
-    async def get(self, name):
-        await self.guarded(worker_metrics, name)
+    @authorized
+    async def post(self, run_id):
+        await self.guarded(self.service.cancel, run_id)
 
 
 class CompareHandler(_Base):
     @web.authenticated
+    @authorized
     async def get(self):
         arg = self.get_argument
         await self.guarded(compare_json, arg("a", ""), arg("b", ""), arg("metric", ""), arg("confidence", "0.95"))
@@ -588,62 +654,79 @@ class CompareHandler(_Base):
 
 class SweepsHandler(_Base):
     @web.authenticated
+    @authorized
     async def post(self):
-        await self.guarded(start_api_sweep, Path(self.settings["server_root_dir"]), status=202, body=True)
+        await self.guarded(self.service.start_sweep, status=202, body=True)
 
 
-class WorkerProxyHandler(APIHandler):
-    "A worker's OpenAI API through the lab: the lab's auth outside, the worker's key inside, streamed."
+class WorkerProxyHandler(_Base):
+    "A worker's OpenAI API through the lab: the lab's auth outside, the worker's key inside, routed, streamed."
 
     @web.authenticated
+    @authorized
     async def get(self, name, path):
         await self.forward(name, path)
 
     @web.authenticated
+    @authorized
     async def post(self, name, path):
         await self.forward(name, path)
 
     async def forward(self, name: str, path: str):
-        import httpx
+        import httpx2
 
+        from notelab.core import NoReplicaError
+
+        if path not in OPENAI_PATHS:
+            return self.fail(InvalidInput("path", f"{path!r}: the lab forwards only {', '.join(sorted(OPENAI_PATHS))}",
+                                          404))
         try:
-            r = await asyncio.get_running_loop().run_in_executor(None, pick_replica, name)
-        except InputError as e:
-            self.set_status(e.status)
-            return self.finish({"error": e.message, "field": e.field})
-        headers = {"Authorization": f"Bearer {r.api_key}"}
-        if ct := self.request.headers.get("Content-Type"):
-            headers["Content-Type"] = ct
-        async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5)) as client:
-            req = client.build_request(self.request.method, f"{r.base_url}/{path}", headers=headers,
-                                       params=self.request.query, content=self.request.body or None)
-            try:
-                resp = await client.send(req, stream=True)
-            except httpx.HTTPError as e:
-                self.set_status(502)
-                return self.finish({"error": f"replica {r.index} of {name!r} did not answer: {e}", "field": "name"})
-            try:
-                self.set_status(resp.status_code)
-                self.set_header("Content-Type", resp.headers.get("content-type", "application/json"))
-                async for chunk in resp.aiter_raw():
-                    self.write(chunk)
-                    await self.flush()
-            finally:
-                await resp.aclose()
+            client = await asyncio.get_running_loop().run_in_executor(self.service.executor, self.service.router, name)
+        except NotelabError as e:
+            return self.fail(e)
+        headers = {k: v for k, v in self.request.headers.items() if k.lower() in ("content-type", "accept")}
+        query = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True) if k != "token"]
+        req = client.build_request(self.request.method, f"http://{name}/v1/{path}", headers=headers, params=query,
+                                   content=self.request.body or None)
+        try:
+            resp = await client.send(req, stream=True)
+        except NoReplicaError as e:
+            return self.fail(InvalidInput("name", str(e), 503))
+        except httpx2.HTTPError as e:
+            self.set_status(502)
+            return self.finish({"error": f"worker {name!r} did not answer: {e}", "field": "name"})
+        try:
+            self.set_status(resp.status_code)
+            self.set_header("Content-Type", resp.headers.get("content-type", "application/json"))
+            async for chunk in resp.aiter_raw():
+                self.write(chunk)
+                await self.flush()
+        finally:
+            await resp.aclose()
         self.finish()
 
 
-ROUTES = [("models", ModelsHandler), ("workers", WorkersHandler), (r"workers/([^/]+)", WorkerHandler),
-          (r"workers/([^/]+)/scale", ScaleHandler), (r"workers/([^/]+)/logs", LogsHandler),
-          (r"workers/([^/]+)/metrics", MetricsHandler), ("notebooks/parameters", ParamsHandler),
-          ("runs", RunsHandler), (r"runs/([^/]+)", RunHandler), ("sweeps", SweepsHandler),
-          ("compare", CompareHandler)]
+ROUTES = [("models", ModelsHandler), ("rules", RulesHandler), ("workers", WorkersHandler),
+          (r"workers/([^/]+)", WorkerHandler), (r"workers/([^/]+)/scale", ScaleHandler),
+          (r"workers/([^/]+)/logs", LogsHandler), (r"workers/([^/]+)/metrics", MetricsHandler),
+          ("notebooks/parameters", ParamsHandler), ("runs", RunsHandler), (r"runs/([^/]+)", RunHandler),
+          (r"runs/([^/]+)/cancel", CancelHandler), ("sweeps", SweepsHandler), ("compare", CompareHandler)]
 
 
-def _load_jupyter_server_extension(serverapp) -> None:
-    "Register the API under `<base_url>/notelab/api/` and workers' endpoints under `<base_url>/notelab/workers/`."
-    base = serverapp.web_app.settings["base_url"]
-    handlers = [(url_path_join(base, "notelab", "api", p) + "$", h) for p, h in ROUTES]
-    handlers.append((url_path_join(base, "notelab", "workers", "([^/]+)", "v1", "(.*)") + "$", WorkerProxyHandler))
-    serverapp.web_app.add_handlers(".*$", handlers)
-    serverapp.log.info(f"notelab: API at {url_path_join(base, 'notelab', 'api')}")
+class NotelabApp(ExtensionApp):
+    "notelab's server extension: the REST API under `<base_url>/notelab/api/` and workers' endpoints."
+    name = "notelab"
+    load_other_extensions = True
+    max_threads = Int(8, config=True, help="Threads for the API's blocking calls (files, MLflow, the cluster).")
+
+    def initialize_settings(self):
+        self.service = LabService(Path(self.serverapp.root_dir), self.max_threads)
+
+    def initialize_handlers(self):
+        self.handlers.extend([(f"/notelab/api/{p}$", h) for p, h in ROUTES])
+        self.handlers.append((r"/notelab/workers/([^/]+)/v1/(.*)$", WorkerProxyHandler))
+        self.log.info("notelab: API at <base_url>/notelab/api/")
+
+    async def stop_extension(self):
+        "Cancel what this lab started (runs, sweeps, launches); workers outlive the lab on purpose."
+        await asyncio.get_running_loop().run_in_executor(None, self.service.close)

@@ -114,6 +114,15 @@ def _parse(kind: str, raw: str, base: Path):
     raise AssertionError(kind)
 
 
+def _unparse(v) -> str:
+    "A parsed value as a variable holds it (`_parse` reads it back)."
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
 _EXPECT = {"int": "a whole number", "float": "a number", "bool": "true or false", "path": "a path", "str": "text"}
 
 
@@ -177,12 +186,20 @@ class Settings:
     def kb_dir(self) -> Path:
         return self.rag.kb_dir or self.lab.data_dir / "kb"
 
+    def to_env(self) -> dict[str, str]:
+        "These settings as `NOTELAB_*` variables: a process started with them uses exactly these settings."
+        env = {f"NOTELAB_{s.upper()}_{k.upper()}": _unparse(v) for s, kv in self._values.items() for k, v in kv.items()}
+        env["NOTELAB_SETTINGS"] = str(self.path) if self.path else "none"
+        return env
+
     def __repr__(self):
         return f"Settings({self.path or 'defaults'})"
 
 # %% ../../nbs/01_settings.ipynb #51107108
 def find_settings_file(start: Path | None = None, env: Mapping[str, str] = os.environ) -> Path | None:
-    "The settings file in use: `$NOTELAB_SETTINGS`, else the nearest `settings.ini` with a `[lab]` section."
+    "The settings file in use: `$NOTELAB_SETTINGS` (`none`: no file), else the nearest `settings.ini` with a `[lab]` section."
+    if env.get("NOTELAB_SETTINGS") == "none":
+        return None
     if p := env.get("NOTELAB_SETTINGS"):
         p = Path(p).expanduser()
         if not p.is_file():

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import os
+from unittest.mock import patch
 
 from .core import WorkerError, WorkerNotFoundError
 from .models import pull_model
 from .workers import get_worker, launch_worker, stop_worker
 
 # %% auto #0
-__all__ = ['shared_worker']
+__all__ = ['shared_worker', 'scratch_settings']
 
 # %% ../../nbs/07_testing.ipynb #7164d762
 def shared_worker(replicas: int = 1, name: str = "notelab-shared") -> str:
@@ -32,3 +33,30 @@ def shared_worker(replicas: int = 1, name: str = "notelab-shared") -> str:
     pull_model(show_progress=False)
     launch_worker(name=name, replicas=replicas, show_progress=False)
     return name
+
+# %% ../../nbs/07_testing.ipynb #e1fcbb65
+class scratch_settings:
+    "Point this process at a scratch data folder (the same models, or an empty store: `models=True`) until `close()`."
+
+    def __init__(self, models: bool = False, **values):
+        import tempfile
+
+        from notelab.settings import settings
+
+        # the models stay where they are (converting the default model takes minutes), unless asked otherwise
+        store = tempfile.mkdtemp(prefix="notelab-scratch-models-") if models else str(settings().model_store)
+        env = {"NOTELAB_LAB_DATA_DIR": tempfile.mkdtemp(prefix="notelab-scratch-"), "NOTELAB_MODELS_STORE": store}
+        env.update({f"NOTELAB_{k.upper()}": str(v) for k, v in values.items()})
+        self._patch = patch.dict(os.environ, env)
+        self._patch.start()
+        self.data_dir = env["NOTELAB_LAB_DATA_DIR"]
+
+    def close(self) -> None:
+        "Put the environment back as it was."
+        self._patch.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

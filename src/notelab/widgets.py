@@ -147,21 +147,23 @@ class WorkerPicker(_Live, W.VBox):
 
 # %% ../../nbs/18_widgets.ipynb #d3767f1e
 class RunsView(_Live, W.VBox):
-    "Runs of an experiment started since `since` (epoch s): progress towards `expected`, status and metrics."
+    "Runs of an experiment started since `since` (epoch s): progress towards `expected`, status, metrics, Stop."
 
     def __init__(self, experiment: str | None = None, *, since: float | None = None, expected: int | None = None,
-                 interval: float | None = 2.0):
-        self.experiment, self.since, self.expected = experiment, since, expected
+                 interval: float | None = 2.0, sweep: str | None = None):
+        self.experiment, self.since, self.expected, self.sweep = experiment, since, expected, sweep
         self.progress = W.IntProgress(0, min=0, max=expected or 1, description="runs",
                                       layout=W.Layout(display=None if expected else "none"))
-        self.status, self.table = W.HTML(), W.HTML()
+        self.status, self.table, self.stops = W.HTML(), W.HTML(), W.VBox()
         self.runs = pd.DataFrame()
-        super().__init__([self.progress, self.status, self.table])
+        self._buttons: dict[str, W.Button] = {}
+        super().__init__([self.progress, self.status, self.table, self.stops])
         self.refresh()
         self._live(interval)
 
     def refresh(self) -> None:
-        from notelab.experiments import ExperimentError, list_runs
+        from notelab.core import ExperimentError
+        from notelab.runs import list_runs
 
         try:
             runs = list_runs(self.experiment, as_frame=False)
@@ -169,14 +171,36 @@ class RunsView(_Live, W.VBox):
             runs = []
         if self.since is not None:
             runs = [r for r in runs if r["start"].timestamp() >= self.since - 1]
-        self.runs = pd.DataFrame([{"name": r["name"], "status": r["status"], "s": r["duration_s"],
+        self.runs = pd.DataFrame([{"run_id": r["run_id"], "name": r["name"], "status": r["status"], "s": r["duration_s"],
                                    **r["metrics"], "error": r["error"] or ""} for r in runs])
         over = sum(r["status"] != "RUNNING" for r in runs)
         self.progress.value = min(over, self.progress.max)
-        failed = sum(r["status"] == "FAILED" for r in runs)
+        failed = sum(r["status"] in ("FAILED", "KILLED") for r in runs)
         self.progress.bar_style = "danger" if failed else ("success" if self.done() else "")
-        self.status.value = f"{over} of {self.expected or len(runs)} runs over" + (f", {failed} failed" if failed else "")
-        self.table.value = self.runs.to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}") if len(runs) else ""
+        self.status.value = (f"{over} of {self.expected or len(runs)} runs over"
+                             + (f", {failed} failed or stopped" if failed else ""))
+        shown = self.runs.drop(columns=["run_id"]) if len(runs) else self.runs
+        self.table.value = shown.to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}") if len(runs) else ""
+        running = [r for r in runs if r["status"] == "RUNNING"]
+        if [r["run_id"] for r in running] != list(self._buttons):
+            self._buttons = {r["run_id"]: self._stop_button(r) for r in running}
+            self.stops.children = list(self._buttons.values())
+
+    def _stop_button(self, r: dict) -> W.Button:
+        b = W.Button(description=f"Stop {r['name']}"[:60], icon="stop", button_style="warning",
+                     tooltip=f"cancel run {r['run_id']}", layout=W.Layout(width="auto"))
+        b.on_click(lambda _: self.stop(r["run_id"]))
+        return b
+
+    def stop(self, run_id: str | None = None):
+        "Cancel a run (default: the sweep this view follows); the cancelled `Run`."
+        from notelab.runs import cancel
+
+        if run_id is None and self.sweep is None:
+            raise NotelabError("this view follows no sweep: give the run to stop")
+        r = cancel(run_id or self.sweep)
+        self.refresh()
+        return r
 
     def done(self) -> bool:
         return (self.expected is not None and len(self.runs) >= self.expected
@@ -192,21 +216,18 @@ class RunsView(_Live, W.VBox):
 
 
 def watch_sweep(notebook, *, grid: dict, experiment: str | None = None, **kw) -> RunsView:
-    "Start `notelab.experiments.sweep` over `grid` in the background; a `RunsView` follows its runs."
+    "Start a sweep over `grid` in the background (`notelab.sweeps.submit_sweep`); a `RunsView` follows its runs."
     from pathlib import Path
 
-    from notelab.experiments import sweep
+    from notelab.sweeps import submit_sweep
 
     experiment = experiment or Path(notebook).stem
     n = 1
     for vs in grid.values():
         n *= len(vs)
     since = time.time()
-    view = RunsView(experiment, since=since, expected=n + 1)  # the variants and their parent
-    view.thread = threading.Thread(target=lambda: sweep(notebook, grid=grid, experiment=experiment,
-                                                        show_progress=False, **kw), daemon=True)
-    view.thread.start()
-    return view
+    h = submit_sweep(notebook, grid=grid, experiment=experiment, **kw)
+    return RunsView(experiment, since=since, expected=n + 1, sweep=h.run_id)  # the variants and their parent
 
 # %% ../../nbs/18_widgets.ipynb #ffeffc4d
 class SearchBox(W.VBox):

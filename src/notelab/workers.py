@@ -23,10 +23,11 @@ import httpx
 import psutil
 from filelock import FileLock
 
-from .core import (LimitError, PortInUseError, WorkerError, WorkerNameTakenError, WorkerNotFoundError,
+from .core import (InvalidInput, LimitError, PortInUseError, WorkerError, WorkerNameTakenError, WorkerNotFoundError,
                           WorkerStartError, atomic_write, progress, tail)
 from .engine import check_extra_args, detect_engine, plan_gpus, replica_launch
 from .models import resolve
+from .rules import WORKER_NAME, check_gpus, check_replicas, check_worker_name, default_worker_name
 from .settings import settings
 
 # %% auto #0
@@ -87,6 +88,18 @@ class Worker:
         live = self.ready or self.replicas
         return live[0].base_url if live else None
 
+    def replica(self, index: int | None = None) -> Replica:
+        "Replica `index`, or (None) the first ready one (the first one when none is ready)."
+        if index is None and self.replicas:
+            return (self.ready or self.replicas)[0]
+        r = next((r for r in self.replicas if r.index == index), None)
+        if r is None:
+            from notelab.core import InvalidInput
+
+            raise InvalidInput("replica", f"worker {self.name!r} has no replica {index}; its replicas: "
+                                          f"{', '.join(str(r.index) for r in self.replicas) or 'none'}")
+        return r
+
     def to_dict(self, secrets: bool = False) -> dict:
         d = {k: v for k, v in asdict(self).items() if k != "replicas"}
         return {**d, "endpoint": self.endpoint, "replicas": [r.to_dict(secrets) for r in self.replicas]}
@@ -99,9 +112,6 @@ class Worker:
         return cls(**d)
 
 # %% ../../nbs/04_workers.ipynb #1e0fb83d
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
-
-
 def _root() -> Path:
     p = settings().workers_dir
     p.mkdir(parents=True, exist_ok=True)
@@ -113,7 +123,7 @@ def _lock() -> FileLock:
 
 
 def _record(name: str) -> Path:
-    return _root() / name / "worker.json"
+    return _root() / check_name(name) / "worker.json"  # a name that is no worker name never reaches a path
 
 
 def _save(w: Worker) -> None:
@@ -128,15 +138,12 @@ def _load(name: str) -> Worker | None:
 
 
 def _names() -> list[str]:
-    return sorted(p.parent.name for p in _root().glob("*/worker.json") if not p.parent.name.startswith("."))
+    return sorted(p.parent.name for p in _root().glob("*/worker.json") if WORKER_NAME.match(p.parent.name))
 
 
 def check_name(name: str) -> str:
-    "A worker name is a DNS label (so the same name works for a Kubernetes Deployment)."
-    if not _NAME_RE.match(name or ""):
-        raise WorkerError(f"worker name {name!r}: use lowercase letters, digits and '-', starting and ending "
-                          "with a letter or digit, at most 40 characters (e.g. gemma-small)")
-    return name
+    "A worker name is a DNS label (so the same name works for a Kubernetes Deployment): `notelab.rules`."
+    return check_worker_name(name)
 
 # %% ../../nbs/04_workers.ipynb #6b6a84e1
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -338,7 +345,12 @@ def _wait_ready(w: Worker, new: list[Replica], timeout: float, show_progress: bo
             for r in list(pending):
                 child = _CHILDREN.get(r.pid)
                 if _process(r) is None:
-                    code = f" with code {child.returncode}" if child is not None and child.returncode is not None else ""
+                    code = ""
+                    if child is not None:  # ours: its exit code is known once it is reaped, which may not have happened yet
+                        try:
+                            code = f" with code {child.wait(timeout=10)}"
+                        except subprocess.TimeoutExpired:
+                            pass
                     cause = root_cause(tail(r.log, 1000, max_bytes=400_000))
                     raise WorkerStartError(f"worker {w.name!r}: replica {r.index} (port {r.port}) exited{code} "
                                            f"while starting" + (f": {cause}" if cause else ""), tail(r.log, 25),
@@ -397,15 +409,6 @@ def _start_replicas(w: Worker, count: int, gpus: list[tuple[int, ...]], ports: l
         raise
 
 # %% ../../nbs/04_workers.ipynb #f1d4b4f6
-def _default_name(model: str, taken: set[str]) -> str:
-    base = re.sub(r"[^a-z0-9-]+", "-", model.split("@")[0].lower()).strip("-")[:36] or "worker"
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}-{n}"
-    return name
-
-
 def _used(workers: list[Worker]) -> tuple[set[int], set[int]]:
     "Ports and GPUs held by live replicas of registered workers."
     ports, gpus = set(), set()
@@ -423,8 +426,7 @@ def launch_worker(model: str | None = None, *, name: str | None = None, replicas
     "Start a local worker serving `model` (`name[@version]`; default: settings' default model) and wait until it is ready."
     cfg = settings()
     lim = cfg.limits
-    if not 1 <= replicas <= lim.max_replicas:
-        raise LimitError(f"--replicas {replicas}: must be between 1 and {lim.max_replicas} ([limits] max_replicas)")
+    check_replicas(replicas)
     extra = list(extra_args)
     check_extra_args(extra)
     if name is not None:
@@ -435,18 +437,16 @@ def launch_worker(model: str | None = None, *, name: str | None = None, replicas
     with _lock():
         others = list_workers(probe=False)
         taken_names = {w.name for w in others}
-        name = check_name(name) if name else _default_name(mv.name, taken_names)
+        name = check_name(name) if name else default_worker_name(mv.name, taken_names)
         if name in taken_names:
             raise WorkerNameTakenError(f"a worker named {name!r} exists ({_load(name).model}); pick another --name "
                                        f"or stop it with `notelab worker down {name}`")
         if len(others) >= lim.max_workers:
             raise LimitError(f"you have {len(others)} workers, the most [limits] max_workers allows; "
-                             "stop one with `notelab worker down NAME`")
+                             "stop one with `notelab worker down NAME`", "name")
         used_ports, used_gpus = _used(others)
+        check_gpus(gpr, replicas, len(used_gpus))
         gpus = plan_gpus(engine, replicas, gpr, used_gpus)
-        if len(used_gpus) + replicas * gpr > lim.max_gpus:
-            raise LimitError(f"{replicas * gpr} more GPUs would exceed [limits] max_gpus = {lim.max_gpus} "
-                             f"({len(used_gpus)} in use)")
         ports = _ports(cfg.workers.host, replicas, port, used_ports)
         w = Worker(name, mv.ref, str(mv.path), [mv.name, mv.ref], engine.dist, "local", gpr, extra,
                    datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -461,10 +461,10 @@ def launch_worker(model: str | None = None, *, name: str | None = None, replicas
 # %% ../../nbs/04_workers.ipynb #10435991
 def scale_worker(name: str, replicas: int, *, show_progress: bool = True) -> Worker:
     "Make worker `name` run exactly `replicas` live replicas: start new ones, or stop the newest."
-    lim = settings().limits
-    if not 1 <= replicas <= lim.max_replicas:
-        raise LimitError(f"replicas {replicas}: must be between 1 and {lim.max_replicas} ([limits] max_replicas); "
-                         f"to stop the worker use `notelab worker down {name}`")
+    check_name(name)
+    if replicas == 0:
+        raise InvalidInput("replicas", f"replicas 0: to stop the worker use `notelab worker down {name}`")
+    check_replicas(replicas)
     with _lock():
         w = get_worker(name)
         gone = [r for r in w.replicas if r.state in ("dead", "failed")]
@@ -508,14 +508,11 @@ def stop_all(*, timeout: float | None = None) -> list[Worker]:
     return [stop_worker(n, timeout=timeout) for n in _names()]
 
 
-def worker_logs(name: str, *, replica: int = 0, lines: int = 50, follow: bool = False,
+def worker_logs(name: str, *, replica: int | None = None, lines: int = 50, follow: bool = False,
                 poll: float = 0.5) -> Iterator[str]:
-    "The last `lines` lines of a replica's log; with `follow`, then every new line until the replica exits."
-    w = get_worker(name, probe=False)
-    r = next((r for r in w.replicas if r.index == replica), None)
-    if r is None:
-        raise WorkerError(f"worker {name!r} has no replica {replica}; replicas: "
-                          f"{', '.join(str(r.index) for r in w.replicas)}")
+    """The last `lines` lines of a replica's log (default: the first ready one); with `follow`, then every new line
+    until the replica exits."""
+    r = get_worker(name).replica(replica)
     yield from tail(r.log, lines).splitlines()
     if not follow:
         return
