@@ -29,7 +29,7 @@ def notebook(folder: Path, seconds: float) -> Path:
     p = nbformat.v4.new_code_cell(f"k = 1\nseconds = {seconds}")
     p.metadata["tags"] = ["parameters"]
     nb.cells = [p, nbformat.v4.new_code_cell("import time\ntime.sleep(seconds)\nscore = k * 2"),
-                nbformat.v4.new_code_cell("from notelab.experiments import log_metric\nlog_metric('score', score)")]
+                nbformat.v4.new_code_cell("from notelab.tracking import log_metric\nlog_metric('score', score)")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     f = folder / "bench.ipynb"
     nbformat.write(nb, f)

@@ -810,3 +810,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise SystemExit(130)
+    finally:
+        import gc
+
+        gc.freeze()  # the work is done: exiting need not walk every object MLflow and friends made (0.4 s)

@@ -19,7 +19,8 @@ from typing import Iterator
 __all__ = ['NotelabError', 'InvalidInput', 'ModelError', 'UnknownModelError', 'WorkerError', 'WorkerNotFoundError',
            'WorkerNameTakenError', 'PortInUseError', 'EngineError', 'LimitError', 'WorkerStartError', 'NoReplicaError',
            'ExperimentError', 'RunNotFoundError', 'tail', 'atomic_write', 'sha256_file', 'use_progress',
-           'progress_style', 'progress', 'run_dir', 'record', 'records', 'note_use', 'ProcessRef', 'kill_tree']
+           'progress_style', 'progress', 'run_dir', 'record', 'records', 'note_use', 'gc_paused', 'ProcessRef',
+           'kill_tree']
 
 # %% ../../nbs/00_core.ipynb #22804b1c
 class NotelabError(Exception):
@@ -233,6 +234,20 @@ def note_use(what: str, value: str) -> None:
     "Record that this run used `value` as its `what` (worker, model, kb, data); each pair once."
     if not any(e.get("what") == what and e.get("value") == value for e in records("use")):
         record("use", what=what, value=value)
+
+# %% ../../nbs/00_core.ipynb #7b6d9c5c
+@contextmanager
+def gc_paused():
+    "Pause the cyclic garbage collector for a block (a big import), and resume it after, as it was."
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 # %% ../../nbs/00_core.ipynb #a3bb2d4b
 @dataclass(frozen=True)

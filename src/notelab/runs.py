@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import ast
+import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .core import (ExperimentError, InvalidInput, ProcessRef, RunNotFoundError, atomic_write, kill_tree,
-                          progress, records, tail)
+from .core import (ExperimentError, InvalidInput, ProcessRef, RunNotFoundError, atomic_write, gc_paused,
+                          kill_tree, progress, records, tail)
 from .params import check_params, notebook_path
 from .rules import check_experiment_name, check_target, slug
 from .settings import settings
@@ -77,8 +79,15 @@ def kernel_of(run_id: str) -> ProcessRef | None:
 
 def _reap_kernel(run_id: str) -> None:
     "Kill a run's kernel if it is still there (its executor died before shutting it down)."
-    k = kernel_of(run_id)
-    if k is not None and (p := k.process()) is not None:
+    _reap_kernel_in(run_folder(run_id))
+
+
+def _reap_kernel_in(folder: Path) -> None:
+    try:
+        d = json.loads((folder / "kernel.json").read_text())
+    except (OSError, ValueError):
+        return
+    if (p := ProcessRef(int(d["pid"]), float(d["started"]), d.get("host", "")).process()) is not None:
         kill_tree(p)
 
 
@@ -197,8 +206,8 @@ def describe_run(ref: str) -> dict:
             "variants": len(variants), "artifact_uri": r.info.artifact_uri}
 
 # %% ../../nbs/14d_runs.ipynb #95d11972
-def _prepare(notebook, params, *, experiment, name, parent_run_id, tags, output, timeout, kernel, target,
-             declared=None, namespace=None, output_dir=None) -> dict:
+def _check(notebook, params, *, experiment, timeout, target, declared=None) -> tuple[Path, dict, dict, str]:
+    "Everything about a run that can be wrong, checked before anything exists: (notebook, values, given, experiment)."
     nb = notebook_path(notebook)
     check_target(target)
     values = check_params(nb, params, declared=declared)
@@ -212,27 +221,45 @@ def _prepare(notebook, params, *, experiment, name, parent_run_id, tags, output,
             raise InvalidInput("target", f"[tracking] mlflow_uri is {uri}, a store on this machine that a cluster Job "
                                          "cannot write to; set it to the cluster's MLflow server (http://mlflow:5000 "
                                          "inside the cluster)")
+    return nb, values, given, experiment
+
+
+def _new_folder() -> Path:
+    "A run's folder before its run exists (`runs/<run id>` will link to it)."
+    d = settings().data_dir / "runs" / f".run-{os.urandom(8).hex()}"
+    d.mkdir(parents=True)
+    return d
+
+
+def _prepare(notebook, params, *, experiment, name, parent_run_id, tags, output, timeout, kernel, target,
+             declared=None, namespace=None, output_dir=None, checked=None, folder: Path | None = None) -> dict:
+    "Check, create the MLflow run, and give its spec (`folder`: the run's folder, made before the run)."
+    nb, values, given, experiment = checked or _check(notebook, params, experiment=experiment, timeout=timeout,
+                                                      target=target, declared=declared)
     t = {"notelab.target": target, **(tags or {})}
     if target == "local":
         t.update(executor_tags(ProcessRef.of(), False))  # this process, until an executor takes the run over
     else:  # the Job's name is known before the run exists, so a run whose Job never came is seen to be over
         t[JOB] = f"{namespace or settings().cluster.namespace}/run-{os.urandom(6).hex()}"
+    out = Path(output).expanduser().resolve() if output else None
+    if out and target == "local":  # where to look for it while it runs (the lab links it at once)
+        t["notelab.output"] = str(out)
     r = create_run(nb, values, experiment=experiment, parent_run_id=parent_run_id, tags=t, name=name)
     rid = r.info.run_id
-    folder = run_folder(rid)
-    if output:
-        out = Path(output).expanduser().resolve()
-    elif output_dir:  # a folder of outputs (the lab's notelab-runs/): one notebook per run, named by it
-        out = Path(output_dir).expanduser().resolve() / f"{nb.stem}-{rid[:8]}.ipynb"
-    else:
-        out = folder / nb.name
-    if target == "local":  # where to look for it while it runs (the lab links it at once)
-        with writing():
-            client().set_tag(rid, "notelab.output", str(out))
-    spec = {"kind": "run", "run_id": rid, "notebook": str(nb), "params": given, "output": str(out),
+    if folder is not None:
+        run_folder(rid).symlink_to(folder.name)
+        atomic_write(folder / "run_id", rid)  # the kernel started before the run waits for it (`_AWAIT_RUN`)
+    if out is None:
+        if output_dir:  # a folder of outputs (the lab's notelab-runs/): one notebook per run, named by it
+            out = Path(output_dir).expanduser().resolve() / f"{nb.stem}-{rid[:8]}.ipynb"
+        else:
+            out = run_folder(rid) / nb.name
+        if target == "local":
+            with writing():
+                client().set_tag(rid, "notelab.output", str(out))
+    return {"kind": "run", "run_id": rid, "notebook": str(nb), "params": given, "output": str(out),
             "timeout": timeout, "kernel": kernel, "target": target, "experiment": experiment,
             "parent_run_id": parent_run_id}
-    return spec
 
 
 def write_spec(spec: dict) -> Path:
@@ -244,22 +271,46 @@ def read_spec(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 # %% ../../nbs/14d_runs.ipynb #5eddbd32
-def _kernel_manager(folder: Path, env: Mapping[str, str]):
-    "A kernel manager class that starts the kernel with `env` and notes its identity in `folder`."
+_AWAIT_RUN = (  # a kernel started before its run exists waits for the run's id, then takes it into its environment
+    "exec(\"import os, time\\np = os.path.join(os.environ['NOTELAB_RUN_DIR'], 'run_id')\\n"
+    "t = time.monotonic() + 600\\nwhile not os.path.exists(p) and time.monotonic() < t: time.sleep(0.01)\\n"
+    "os.environ['NOTELAB_RUN_ID'] = os.environ['MLFLOW_RUN_ID'] = open(p).read()\", {})")
+
+
+def _kernel_name(spec: Mapping) -> str:
+    import nbformat
+
+    meta = nbformat.read(spec["notebook"], as_version=4).metadata
+    # a notebook saved without a kernelspec (jupytext, nbdev-clean): this environment's Python
+    return spec.get("kernel") or meta.get("kernelspec", {}).get("name") or "python3"
+
+
+def _start_kernel(spec: Mapping, folder: Path, env: Mapping[str, str], *, await_run: bool = False):
+    "Start the run's kernel (in `env`), note its identity in `folder`; its manager. `await_run`: see `_AWAIT_RUN`."
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
-    class RunKernelManager(AsyncKernelManager):
-        async def start_kernel(self, **kw):
-            if (folder / "cancel").exists():
-                raise RunCancelled("cancelled before its kernel started")
-            kw["env"] = {**os.environ, **(kw.get("env") or {}), **env}
-            await super().start_kernel(**kw)
-            ref = ProcessRef.of(self.provisioner.pid)
-            atomic_write(folder / "kernel.json", json.dumps({"host": ref.host, "pid": ref.pid, "started": ref.started}))
-            if (folder / "cancel").exists():  # cancelled while it started: the canceller may have looked too early
-                _reap_kernel(folder.name)
+    if (folder / "cancel").exists():
+        raise RunCancelled("cancelled before its kernel started")
+    name = _kernel_name(spec)
+    extra = _quiet_ipykernel(name) + ([f"--IPKernelApp.exec_lines={_AWAIT_RUN}"] if await_run else [])
+    km = AsyncKernelManager(kernel_name=name)
+    run_sync(km.start_kernel)(extra_arguments=extra, cwd=str(Path(spec["notebook"]).parent), env={**os.environ, **env})
+    ref = ProcessRef.of(km.provisioner.pid)
+    atomic_write(folder / "kernel.json", json.dumps({"host": ref.host, "pid": ref.pid, "started": ref.started}))
+    if (folder / "cancel").exists():  # cancelled while it started: the canceller may have looked too early
+        _reap_kernel_in(folder)
+        raise RunCancelled("cancelled while its kernel started")
+    return km
 
-    return RunKernelManager
+
+def _stop_kernel(km) -> None:
+    from jupyter_core.utils import run_sync
+
+    try:
+        run_sync(km.shutdown_kernel)(now=True)
+    except Exception:  # it is gone already, or its loop was cut short: `_reap_kernel` makes sure
+        pass
 
 
 def _marked_metrics(out: Path) -> dict:
@@ -307,8 +358,10 @@ def _file_results(run_id: str, folder: Path, out: Path) -> tuple[dict, dict]:
             uses.setdefault(e["what"], []).append(e["value"])
     for i in range(0, len(batch), 900):
         c.log_batch(run_id, metrics=batch[i:i + 900])
-    for what, values in uses.items():
-        c.set_tag(run_id, f"notelab.{what}", ", ".join(values)[:5000])
+    if uses:
+        from mlflow.entities import RunTag
+
+        c.log_batch(run_id, tags=[RunTag(f"notelab.{what}", ", ".join(values)[:5000]) for what, values in uses.items()])
     for e in events:
         if e["kind"] == "examples" and Path(e["file"]).is_file():
             c.log_artifact(run_id, e["file"], "examples")
@@ -317,15 +370,18 @@ def _file_results(run_id: str, folder: Path, out: Path) -> tuple[dict, dict]:
     return metrics, uses
 
 
-def _quiet_ipykernel(name: str) -> list[str]:
-    "An IPython kernel logs only errors (not its warning about local TCP on every run); other kernels as they are."
+def _is_ipykernel(name: str) -> bool:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
-        argv = KernelSpecManager().get_kernel_spec(name).argv
+        return any("ipykernel" in a for a in KernelSpecManager().get_kernel_spec(name).argv)
     except NoSuchKernel:
-        return []  # papermill says so, naming the kernel
-    return ["--IPKernelApp.log_level=ERROR"] if any("ipykernel" in a for a in argv) else []
+        return False
+
+
+def _quiet_ipykernel(name: str) -> list[str]:
+    "An IPython kernel logs only errors (not its warning about local TCP on every run); other kernels as they are."
+    return ["--IPKernelApp.log_level=ERROR"] if _is_ipykernel(name) else []
 
 
 def _describe(e: BaseException) -> str:
@@ -337,10 +393,10 @@ def _describe(e: BaseException) -> str:
 
 
 def execute(spec: Mapping, *, show_progress: bool = False, raise_on_failure: bool = False,
-            dedicated: bool = False) -> Run:
+            dedicated: bool = False, km=None) -> Run:
     """Execute a prepared run (its `spec`) in this process, file its results and end it; the finished `Run`.
-    `dedicated`: this process exists for this run alone, so cancelling the run may stop the process."""
-    import nbformat
+    `dedicated`: this process exists for this run alone, so cancelling the run may stop the process.
+    `km`: the run's kernel, started already (`run` starts it while the run is created)."""
     import papermill
 
     logging.getLogger("papermill").setLevel(logging.WARNING)
@@ -348,30 +404,28 @@ def execute(spec: Mapping, *, show_progress: bool = False, raise_on_failure: boo
     folder = run_folder(rid)
     folder.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if spec.get("target", "local") == "local":  # this process takes the run over (a Job is known by its name)
-        c = client()
-        with writing():
-            for k, v in executor_tags(ProcessRef.of(), dedicated).items():
-                c.set_tag(rid, k, v)
-    kernel = spec.get("kernel")
-    if kernel is None and "kernelspec" not in nbformat.read(nb, as_version=4).metadata:
-        kernel = "python3"  # a notebook saved without one (jupytext, nbdev-clean): this environment's Python
-    name = kernel or nbformat.read(nb, as_version=4).metadata.get("kernelspec", {}).get("name", "python3")
     env = {"NOTELAB_RUN_DIR": str(folder), "NOTELAB_RUN_ID": rid, "MLFLOW_RUN_ID": rid,
            "MLFLOW_TRACKING_URI": tracking_uri(), **settings().to_env()}
     status, error, t0 = "FINISHED", None, time.monotonic()
     try:
-        papermill.execute_notebook(str(nb), str(out), parameters=dict(spec.get("params") or {}), kernel_name=kernel,
+        km = km or _start_kernel(spec, folder, env)  # it boots in its own process while this one talks to MLflow
+        if spec.get("target", "local") == "local":  # this process takes the run over (a Job is known by its name)
+            c = client()
+            with writing():
+                for k, v in executor_tags(ProcessRef.of(), dedicated).items():
+                    c.set_tag(rid, k, v)
+        papermill.execute_notebook(str(nb), str(out), parameters=dict(spec.get("params") or {}), kernel_name=km.kernel_name,
                                    progress_bar=show_progress and _progress_on(), cwd=str(nb.parent),
-                                   execution_timeout=spec.get("timeout"), extra_arguments=_quiet_ipykernel(name),
-                                   kernel_manager_class=_kernel_manager(folder, env))
+                                   execution_timeout=spec.get("timeout"), km=km)
     except KeyboardInterrupt:
         status, error = "KILLED", "interrupted"
         raise
     except Exception as e:
         status, error = "FAILED", _describe(e)
     finally:
-        _reap_kernel(rid)
+        stopping = threading.Thread(target=_stop_kernel, args=(km,)) if km is not None else None
+        if stopping is not None:  # the kernel shuts down while the results are filed
+            stopping.start()
         fresh = client().get_run(rid)
         if CANCEL in fresh.data.tags and status != "FINISHED":
             status, error = "KILLED", fresh.data.tags[CANCEL]
@@ -382,6 +436,9 @@ def execute(spec: Mapping, *, show_progress: bool = False, raise_on_failure: boo
                 metrics, uses = {}, {}
                 if status == "FINISHED":
                     status, error = "FAILED", f"filing the results failed: {_describe(e)}"
+        if stopping is not None:
+            stopping.join()
+        _reap_kernel(rid)  # gone before the run is seen to have ended
         if fresh.info.status == "RUNNING":  # a run someone already ended (cancelled) keeps what they said
             end_run(rid, status, error, {"notelab.output": str(out)})
         else:
@@ -405,10 +462,29 @@ def run(notebook: str | Path, params: Mapping[str, Any] | None = None, *, experi
         name: str | None = None, kernel: str | None = None, timeout: float | None = None, show_progress: bool = True,
         raise_on_failure: bool = True, dedicated: bool = False) -> Run:
     "Execute `notebook` with `params` as a tracked MLflow run, here; raises `RunFailed` when a cell fails."
-    spec = _prepare(notebook, params, experiment=experiment, name=name, parent_run_id=parent_run_id, tags=tags,
-                    output=output, timeout=timeout, kernel=kernel, target="local")
-    write_spec(spec)
-    return execute(spec, show_progress=show_progress, raise_on_failure=raise_on_failure, dedicated=dedicated)
+    draft = {"notebook": str(notebook_path(notebook)), "kernel": kernel}
+    folder = _new_folder()
+    env = {"NOTELAB_RUN_DIR": str(folder), "MLFLOW_TRACKING_URI": tracking_uri(), **settings().to_env()}
+    km = None
+    try:
+        # an IPython kernel starts first, in a process of its own, while this one checks the parameters and creates
+        # the run (MLflow takes a second to import); it takes the run's id once there is one (`_AWAIT_RUN`).
+        # Other kernels start once the run exists.
+        if _is_ipykernel(_kernel_name(draft)):
+            km = _start_kernel(draft, folder, env, await_run=True)
+        with gc_paused():
+            import papermill  # noqa: F401  (the check and the run need it; see `gc_paused`)
+        checked = _check(notebook, params, experiment=experiment, timeout=timeout, target="local")
+        spec = _prepare(notebook, params, experiment=experiment, name=name, parent_run_id=parent_run_id, tags=tags,
+                        output=output, timeout=timeout, kernel=kernel, target="local", checked=checked, folder=folder)
+        write_spec(spec)
+    except BaseException:  # nothing half-made: no kernel, no folder
+        if km is not None:
+            _stop_kernel(km)
+            _reap_kernel_in(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return execute(spec, show_progress=show_progress, raise_on_failure=raise_on_failure, dedicated=dedicated, km=km)
 
 # %% ../../nbs/14d_runs.ipynb #0c368c15
 _CHILDREN: dict[str, subprocess.Popen] = {}  # run id -> the executing process this process started
@@ -595,7 +671,7 @@ def cancel(ref: str, *, grace: float = 10.0) -> Run:
     with writing():
         client().set_tag(rid, CANCEL, "cancelled by a user")
     if (folder := run_folder(rid)).is_dir():
-        (folder / "cancel").touch()  # a kernel about to start sees it (see `_kernel_manager`)
+        (folder / "cancel").touch()  # a kernel about to start sees it (see `_start_kernel`)
     r = client().get_run(rid)
     if sweep:  # its variants first (the sweep starts no new one once asked to stop), then the sweep itself
         for v in _variants(rid, "RUNNING"):
@@ -643,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         r = execute(spec, dedicated=True)
     except KeyboardInterrupt:
         return 130
+    finally:
+        gc.freeze()  # the run has ended: no need to walk every object again on the way out (0.4 s)
     return 0 if r.status == "FINISHED" else 1
 
 # %% ../../nbs/14d_runs.ipynb #a7c88a62

@@ -19,7 +19,7 @@ from typing import Mapping
 
 from filelock import FileLock
 
-from .core import ExperimentError, RunNotFoundError, sha256_file
+from .core import ExperimentError, RunNotFoundError, gc_paused, sha256_file
 from .rules import check_experiment_name, slug
 from .settings import settings
 
@@ -62,9 +62,11 @@ def client():
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is the CLI's (`--json`)
-    with _IMPORTING:  # MLflow's first import from two threads at once (the lab's) leaves half-made modules
+    with _IMPORTING, gc_paused():  # MLflow's first import from two threads at once (the lab's) leaves half-made modules
         from mlflow import MlflowClient
         from mlflow.entities import Metric, Param  # noqa: F401  (what the callers import next)
+        if is_local_store():
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the store, made below)
 
     for name in ("mlflow", "alembic"):  # mlflow sets its own level on import
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -92,16 +94,18 @@ def experiment_id(name: str, mlflow_client=None) -> str:
 
 # %% ../../nbs/14c_store.ipynb #15190b4b
 def git_state(path: Path) -> dict:
-    "The commit, branch and dirtiness of the git tree holding `path` ({} outside a repository)."
-    def git(*a):
-        r = subprocess.run(["git", "-C", str(path), *a], capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if not commit:
+    "The commit, branch and dirtiness of the git tree holding `path` ({} outside a repository or before a commit)."
+    try:
+        r = subprocess.run(["git", "-C", str(path), "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+                           capture_output=True, text=True)
+    except OSError:  # no git on this machine
         return {}
-    return {"commit": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD") or "",
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    head = dict(line[2:].split(" ", 1) for line in r.stdout.splitlines() if line.startswith("# "))
+    if r.returncode or not re.fullmatch(r"[0-9a-f]{40,64}", head.get("branch.oid", "")):
+        return {}
+    branch = head.get("branch.head", "")
+    return {"commit": head["branch.oid"], "branch": "HEAD" if branch == "(detached)" else branch,
+            "dirty": any(not line.startswith("#") for line in r.stdout.splitlines())}
 
 
 def param_text(v) -> str:
@@ -116,7 +120,7 @@ def default_run_name(nb: Path) -> str:
 
 def create_run(nb: Path, values: Mapping, *, experiment: str, parent_run_id: str | None = None,
                tags: Mapping[str, str] | None = None, name: str | None = None):
-    "Create the RUNNING MLflow run of a notebook job, with its parameters and source tags; the MLflow run."
+    "Create the RUNNING MLflow run of a notebook job, with its parameters and source tags; the MLflow run as created."
     from mlflow.entities import Param
 
     git = git_state(nb.parent)
@@ -136,15 +140,18 @@ def create_run(nb: Path, values: Mapping, *, experiment: str, parent_run_id: str
         r = c.create_run(exp_id, run_name=name or default_run_name(nb), tags=t)
         if values:
             c.log_batch(r.info.run_id, params=[Param(k, param_text(v)) for k, v in values.items()])
-    return c.get_run(r.info.run_id)
+    return r
 
 
 def end_run(run_id: str, status: str, error: str | None = None, tags: Mapping[str, str] | None = None) -> None:
     "Mark a run FINISHED, FAILED or KILLED (with its reason), with any last tags."
+    from mlflow.entities import RunTag
+
     c = client()
+    tags = {**(tags or {}), **({"notelab.error": error[:5000]} if error else {})}
     with writing():
-        for k, v in {**(tags or {}), **({"notelab.error": error[:5000]} if error else {})}.items():
-            c.set_tag(run_id, k, v)
+        if tags:
+            c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         c.set_terminated(run_id, status)
 
 # %% ../../nbs/14c_store.ipynb #ec1355ff

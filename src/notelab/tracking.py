@@ -6,17 +6,18 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
-
-import pandas as pd
+from typing import TYPE_CHECKING, Mapping
 
 from .core import ExperimentError, record, records, run_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # %% auto #0
 __all__ = ['METRIC_NAME', 'log_metric', 'log_metrics', 'logged_metrics', 'log_examples']
 
 # %% ../../nbs/14a_tracking.ipynb #93963dba
-_EXAMPLES: dict[str, pd.DataFrame] = {}
+_EXAMPLES: dict[str, "pd.DataFrame"] = {}  # pandas is imported when a table is logged, not with this module
 METRIC_NAME = re.compile(r"[\w\-./: ]{1,250}")  #: what MLflow takes as a metric name
 
 
@@ -38,14 +39,18 @@ def log_metrics(metrics: Mapping[str, float], step: int = 0) -> dict:
     return {k: log_metric(k, v, step) for k, v in dict(metrics).items()}
 
 
-def logged_metrics() -> pd.DataFrame:
+def logged_metrics() -> "pd.DataFrame":
     "The metrics logged so far by this process (in a run or not): key, value, step."
+    import pandas as pd
+
     return pd.DataFrame([{k: e[k] for k in ("key", "value", "step")} for e in records("metric")],
                         columns=["key", "value", "step"])
 
 # %% ../../nbs/14a_tracking.ipynb #6766fe65
-def log_examples(data, name: str = "examples") -> pd.DataFrame:
+def log_examples(data, name: str = "examples") -> "pd.DataFrame":
     "Log a per-example table (DataFrame or list of dicts), which `compare` pairs across runs by its `id` column."
+    import pandas as pd
+
     df = pd.DataFrame(data)
     if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
         raise ExperimentError(f"examples name {name!r}: use letters, digits, '_' or '-'")
