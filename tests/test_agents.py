@@ -12,10 +12,12 @@ import pytest
 from pydantic import Field
 from typing_extensions import Annotated
 
-from notelab.agents import (QA, Agent, AgentError, Classifier, Critic, FanOut, Pipeline, PipelineError, Router,
-                            SpecError, StepLimitError, Summarizer, Trace, load_pipeline, tool)
+from notelab.agents import QA, Agent, AgentError, Classifier, Critic, StepLimitError, Summarizer, tool
 from notelab.datasets import PYDOC_QA, pydoc_corpus
-from notelab.experiments import tracking_uri
+from notelab.pipeline_files import SpecError, load_pipeline
+from notelab.pipelines import FanOut, Pipeline, PipelineError, Router
+from notelab.store import tracking_uri
+from notelab.tracing import Trace
 from notelab.rag import ingest
 
 NOTELAB = str(Path(sys.executable).parent / "notelab")

@@ -27,8 +27,8 @@ _VERBS = {
     "run": "notelab.runs", "submit": "notelab.runs", "cancel": "notelab.runs", "list_runs": "notelab.runs",
     "sweep": "notelab.sweeps", "compare": "notelab.comparison",
     "log_metric": "notelab.tracking", "log_metrics": "notelab.tracking", "log_examples": "notelab.tracking",
-    "Agent": "notelab.agents", "Pipeline": "notelab.agents", "tool": "notelab.agents",
-    "load_pipeline": "notelab.agents",
+    "Agent": "notelab.agents", "Pipeline": "notelab.pipelines", "tool": "notelab.agents",
+    "load_pipeline": "notelab.pipeline_files",
 }
 
 

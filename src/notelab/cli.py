@@ -723,7 +723,7 @@ def _input_text(value: str) -> str:
 @agents_app.command("check")
 def agents_check(pipeline: str = typer.Argument(..., help="The pipeline file (YAML, kind: Pipeline).")):
     "Validate a pipeline file: every problem with its line and field."
-    from notelab.agents import load_pipeline
+    from notelab.pipeline_files import load_pipeline
 
     p = load_pipeline(pipeline)
     out.print(f"[green]ok[/]: pipeline {p.name!r}, {len(p.agents())} agents, {len(p.steps)} steps")
@@ -735,7 +735,8 @@ def agents_run(pipeline: str = typer.Argument(..., help="The pipeline file (YAML
                worker: Optional[str] = typer.Option(None, help="Run every agent on this worker."),
                as_json: bool = typer.Option(False, "--json", help="Print the output, data and trace as JSON.")):
     "Run a pipeline on one input; shows the output and every step (exit 1 if a step fails, with the trace)."
-    from notelab.agents import PipelineError, load_pipeline
+    from notelab.pipeline_files import load_pipeline
+    from notelab.pipelines import PipelineError
 
     p = load_pipeline(pipeline, worker=worker)
     try:

@@ -270,7 +270,7 @@ class TraceView(_Live, W.VBox):
     "A trace's steps as they finish; `TraceView.run` runs an agent or pipeline and shows its trace live."
 
     def __init__(self, trace=None, interval: float | None = 0.5):
-        from notelab.agents import Trace
+        from notelab.tracing import Trace
 
         self.trace = trace if trace is not None else Trace()
         self.status, self.table = W.HTML(), W.HTML()
