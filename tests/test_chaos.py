@@ -2,77 +2,17 @@
 the worker the notebooks use, and the lab server itself are killed with SIGKILL (and the lab is started again).
 At the end every run has ended (FINISHED, FAILED or KILLED, with a reason when it did not finish), the parent
 says how its variants ended, no process or kernel of the sweep is left, and the lab's API and MLflow agree."""
-import json
 import os
 import random
 import secrets
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import httpx
 import nbformat
 import psutil
 import pytest
 
-BIN = Path(sys.executable).parent
-
-
-class Lab:
-    "A Jupyter server with notelab's extension, in a process of its own, that can be killed and started again."
-
-    def __init__(self, root: Path, log: Path):
-        self.root, self.log, self.token, self.proc = root, log, secrets.token_hex(16), None
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/notelab/api/"
-
-    def start(self) -> "Lab":
-        argv = [str(BIN / "jupyter"), "server", "--no-browser", f"--port={self.port}", "--ServerApp.ip=127.0.0.1",
-                f"--ServerApp.token={self.token}", f"--ServerApp.root_dir={self.root}", "--ServerApp.port_retries=0"]
-        if os.geteuid() == 0:
-            argv.append("--allow-root")
-        self.proc = subprocess.Popen(argv, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(self.url + "rules", headers=self.auth, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.3)
-
-    @property
-    def auth(self) -> dict:
-        return {"Authorization": f"token {self.token}"}
-
-    def get(self, path: str, **params):
-        r = httpx.get(self.url + path, headers=self.auth, params=params, timeout=60)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def post(self, path: str, body: dict):
-        r = httpx.post(self.url + path, headers=self.auth, json=body, timeout=60)
-        assert r.status_code in (200, 202), r.text
-        return r.json()
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+from labserver import Lab
 
 
 def wait_for(what, check, within: float = 600, every: float = 0.3):

@@ -66,6 +66,12 @@ def test_rendered_worker_validates(gpus):
     assert vols["shm"]["emptyDir"]["medium"] == "Memory" and "persistentVolumeClaim" in vols["models"]
     assert_restricted("worker", objs[1]["spec"]["template"]["spec"])
     assert "vllm:num_requests_waiting" in objs[3]["spec"]["triggers"][0]["metadata"]["query"]
+    # no API token in a worker's pod, and a store model is mounted read-only (a Hugging Face id needs the cache)
+    assert objs[1]["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert next(m for m in c["volumeMounts"] if m["name"] == "models")["readOnly"] is True
+    hf = render_worker(ClusterWorkerSpec("hf", "some-org/some-model", gpus=gpus, namespace=NS))[1]
+    assert next(m for m in hf["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+                if m["name"] == "models")["readOnly"] is False
 
 
 def test_rendered_job_validates(tmp_path):
@@ -204,6 +210,24 @@ def test_launcher_against_the_api_emulator(tmp_path):
                for v in rule["verbs"]}
     assert called == granted, f"called but not granted: {sorted(called - granted)}; granted but never called: " \
                               f"{sorted(granted - called)}"
+
+
+def test_stop_and_scale_act_only_on_notelab_workers():
+    "A Deployment notelab did not launch (MLflow, the lab) is not a worker: it is neither stopped nor scaled."
+    with Emulator() as k8s:
+        apps = client.AppsV1Api(k8s.client(ADMIN))
+        for name in ("mlflow", "lab"):
+            apps.create_namespaced_deployment(NS, {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+                "name": name, "namespace": NS, "labels": {"app.kubernetes.io/name": name}}, "spec": {
+                "replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": {
+                    "metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": name, "image": "x"}]}}}})
+        cw = ClusterWorkers(k8s.client(LAUNCHER), namespace=NS)
+        with pytest.raises(WorkerNotFoundError, match="'mlflow' in namespace 'lab' is not a worker notelab launched"):
+            cw.stop("mlflow")
+        with pytest.raises(WorkerNotFoundError, match="not a worker notelab launched"):
+            cw.scale("lab", 0)
+        assert [apps.read_namespaced_deployment(n, NS).spec.replicas for n in ("mlflow", "lab")] == [1, 1]
+        assert cw.list() == []
 
 
 def test_half_made_worker_is_removed():
@@ -374,3 +398,46 @@ def test_sweep_on_the_cluster_runs_each_variant_as_a_job(tmp_path, mlflow_server
     kids = mlc.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{s.parent_run_id}'")
     assert sorted(r.info.status for r in kids) == ["FAILED", "FINISHED", "FINISHED"]
     assert all(r.data.tags["notelab.job"].startswith(f"{NS}/run-") for r in kids)
+
+
+def test_mlflow_in_the_cluster_answers_by_its_service_name_and_port(tmp_path):
+    """The MLflow Deployment's flags, run here: a request for `http://mlflow:5000` (what runs and the lab send) is
+    answered; one for another host is not (its host check is what guards it from DNS rebinding)."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    dep = next(d for d in yaml.safe_load_all((ROOT / "k8s" / "base" / "mlflow.yaml").read_text()) if d["kind"] == "Deployment")
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = {"--host": "127.0.0.1", "--port": str(port), "--backend-store-uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "--artifacts-destination": str(tmp_path / "artifacts")}
+    argv = [a if a.split("=")[0] not in here else f"{a.split('=')[0]}={here[a.split('=')[0]]}" for a in args]
+    p = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", *argv, "--workers", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def get(host: str) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=5",
+                                     headers={"Host": host})
+        try:
+            return urllib.request.urlopen(req, timeout=10).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert p.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        assert [get(h) for h in ("mlflow:5000", "mlflow.notelab.svc:5000", "mlflow")] == [200, 200, 200]
+        assert get("evil.example:5000") == 403
+    finally:
+        p.terminate()
+        p.wait(10)

@@ -74,6 +74,18 @@ def test_unreadable_file_is_reported_not_fatal(docs):
     drop_kb("unreadable")
 
 
+def test_a_malformed_notebook_is_skipped_and_named(docs):
+    "One bad file in a folder is named with its reason; the rest of the folder is ingested (it aborted all of it)."
+    (docs / "broken.ipynb").write_text('{"cells": 5}')
+    rep = ingest(docs, "malformed", show_progress=False)
+    assert list(rep.failed) == ["broken.ipynb"] and "not a valid .ipynb file" in rep.failed["broken.ipynb"]
+    assert sorted(rep.added) == ["a.md", "c.html", "d.ipynb", "e.pdf", "sub/b.txt"]
+    r = run("rag", "ingest", str(docs), "--kb", "malformed-cli")
+    assert r.returncode == 0 and "broken.ipynb" in r.stdout + r.stderr and "Traceback" not in r.stderr, r.stderr
+    drop_kb("malformed")
+    drop_kb("malformed-cli")
+
+
 def test_concurrent_ingests_lose_and_duplicate_nothing(docs, tmp_path):
     other = tmp_path / "other"
     other.mkdir()

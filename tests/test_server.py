@@ -353,5 +353,78 @@ async def test_a_killed_replica_loses_no_request_through_the_lab_or_connect(jp_f
     r = subprocess.run([notelab_cli, "worker", "ls", "--json"], capture_output=True, text=True, check=True)
     w = next(w for w in _json.loads(r.stdout) if w["name"] == shared)
     assert w["state"] == "degraded" and sorted(x["state"] for x in w["replicas"]) == ["dead", "ready"]
-    w = await asyncio.get_running_loop().run_in_executor(None, lambda: scale_worker(shared, 2, show_progress=False))
+    # scaling back starts a replica; meanwhile nothing waits on the registry (a DELETE waited 71 s for it)
+    from notelab.workers import _lock
+
+    scaling = asyncio.get_running_loop().run_in_executor(None, lambda: scale_worker(shared, 2, show_progress=False))
+    while not any(x.state == "starting" for x in get_worker(shared).replicas):
+        await asyncio.sleep(0.2)
+    registry = _lock()
+    registry.acquire(timeout=10)  # raises filelock.Timeout while a start holds it
+    registry.release()
+    code, ws = await call(jp_fetch, "GET", "workers")
+    assert code == 200 and next(x for x in ws if x["name"] == shared)["state"] == "degraded"
+    w = await scaling
     assert w.state == "ready" and len(w.replicas) == 2 and victim.pid not in {x.pid for x in w.replicas}
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("how", ["hung", "refused"])
+async def test_a_hung_or_refused_cluster_does_not_hold_up_the_local_workers(jp_fetch, shared, tmp_path, monkeypatch, how):
+    "The cluster's API accepts and never answers, or refuses: GET /workers still lists the local workers, at once."
+    import socket
+    import time
+
+    import yaml
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    if how == "hung":
+        sock.listen(16)  # connections are accepted by the kernel and then nothing is ever said
+    else:
+        sock.close()  # nothing listens there
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "x"}}], "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    t0 = time.monotonic()
+    code, ws = await asyncio.wait_for(call(jp_fetch, "GET", "workers"), 30)  # (without timeouts it waited forever)
+    took = time.monotonic() - t0
+    sock.close()
+    assert code == 200 and shared in [w["name"] for w in ws if w["target"] == "local"]
+    gone = [w for w in ws if w["target"] == "cluster"]
+    assert len(gone) == 1 and gone[0]["state"] == "unreachable" and "cluster unreachable" in gone[0]["error"], gone
+    assert took < 2, f"the local workers took {took:.1f} s to list"
+
+
+def test_dependencies_exclude_releases_with_known_advisories():
+    "pyproject's minimums leave out jupyter_server < 2.18, jupyter-server-proxy < 4.1.1 and MLflow 2.x."
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    deps = {Requirement(d).name.lower().replace("_", "-"): Requirement(d).specifier for d in
+            tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]}
+    for name, bad, good in [("jupyter-server", "2.17.9", "2.18.0"), ("jupyter-server-proxy", "4.1.0", "4.1.1"),
+                            ("mlflow", "2.22.2", "3.0.0")]:
+        assert name in deps and bad not in deps[name] and good in deps[name], (name, deps.get(name))
+
+
+@pytest.mark.worker
+async def test_the_lab_caps_n_and_max_tokens(jp_fetch, shared, jp_serverapp, jp_base_url, jp_http_port):
+    "An unbounded n (vLLM CVE-2026-34756) or max_tokens never reaches a worker through the lab."
+    import httpx
+
+    base = f"http://127.0.0.1:{jp_http_port}{jp_base_url}notelab/workers/{shared}/v1"
+    auth = {"Authorization": f"Bearer {jp_serverapp.identity_provider.token}"}
+    async with httpx.AsyncClient(timeout=60) as c:
+        for body, fld in [({"n": 100000}, "n"), ({"max_tokens": 10**9}, "max_tokens"), ({"n": "2"}, "n")]:
+            r = await c.post(f"{base}/completions", json={"model": "x", "prompt": "hi", **body}, headers=auth)
+            assert (r.status_code, r.json()["field"]) == (400, fld), r.text
+        r = await c.get(f"{base}/../../metrics", headers=auth)  # only the OpenAI paths a client needs
+        assert r.status_code in (400, 404)
+        r = await c.get(f"{base}/tokenize", headers=auth)
+        assert r.status_code == 404 and r.json()["field"] == "path"

@@ -91,6 +91,13 @@ def test_cli_errors_are_one_clear_line():
 
 
 @pytest.mark.worker
+def test_replica_logs_are_private(shared):
+    "A replica's log holds what it was asked; only its owner reads it (it was 0644)."
+    for r in get_worker(shared).replicas:
+        assert oct(Path(r.log).stat().st_mode & 0o777) == "0o600", r.log
+
+
+@pytest.mark.worker
 def test_ls_json_shape_from_a_fresh_process(shared):
     r = subprocess.run([NOTELAB, "worker", "ls", "--json"], capture_output=True, text=True, check=True)
     ws = {w["name"]: w for w in json.loads(r.stdout)}

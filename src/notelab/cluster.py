@@ -121,11 +121,13 @@ def render_worker(spec: ClusterWorkerSpec) -> list[dict]:
         "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 120},  # up to 20 minutes to load
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**probe, "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 5},
+        # a store model is only read; a Hugging Face id is downloaded into the cache on first use
         "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"},
-                         {"name": "models", "mountPath": MODELS_MOUNT}],
+                         {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": "@" in spec.model}],
     }
     pod = {"metadata": {"labels": lab},
            "spec": {"securityContext": pod_sec, "containers": [container], "terminationGracePeriodSeconds": 30,
+                    "automountServiceAccountToken": False,  # vLLM has no business with the cluster's API
                     "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm}},
                                 {"name": "tmp", "emptyDir": {}},
                                 {"name": "models", "persistentVolumeClaim": {"claimName": spec.cache_claim}}]}}
@@ -256,10 +258,17 @@ class ClusterWorker:
 _KEDA = ("keda.sh", "v1alpha1", "scaledobjects")
 
 
+def _ours(d) -> bool:
+    "Does a Deployment carry notelab's worker labels?"
+    lab = d.metadata.labels or {}
+    return lab.get("app.kubernetes.io/managed-by") == MANAGER and lab.get("app.kubernetes.io/component") == "worker"
+
+
 class ClusterWorkers:
     "Launch, list, scale, read logs of and stop workers on a Kubernetes cluster."
 
-    def __init__(self, api_client=None, namespace: str | None = None):
+    def __init__(self, api_client=None, namespace: str | None = None, timeout: tuple[float, float] = (5, 30),
+                 retries: int = 1):
         from kubernetes import client, config
 
         if api_client is None:
@@ -270,17 +279,24 @@ class ClusterWorkers:
                     config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # read now, not at import
                 except (config.ConfigException, FileNotFoundError) as e:
                     raise ClusterError(f"no cluster to talk to: {e}; set KUBECONFIG or run inside the cluster") from None
-            api_client = client.ApiClient()
-        self.api = api_client
+            cfg = client.Configuration.get_default_copy()
+            cfg.retries = retries  # a cluster that does not answer says so soon, not after urllib3's three tries
+            api_client = client.ApiClient(cfg)
+        self.api, self.timeout = api_client, timeout  # (connect, read) seconds of every call
         self.apps, self.core, self.batch = client.AppsV1Api(api_client), client.CoreV1Api(api_client), client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)  # KEDA's ScaledObjects
         self.namespace = namespace or settings().cluster.namespace
 
     def _call(self, what: str, fn, *a, **kw):
+        import urllib3
         from kubernetes.client.exceptions import ApiException
 
+        kw.setdefault("_request_timeout", self.timeout)
         try:
             return fn(*a, **kw)
+        except (urllib3.exceptions.HTTPError, OSError) as e:  # refused, timed out, reset: no answer at all
+            reason = getattr(e, "reason", None) or e
+            raise ClusterError(f"{what}: cluster unreachable: {reason}") from None
         except ApiException as e:
             if e.status == 404:
                 raise WorkerNotFoundError(f"{what}: not found in namespace {self.namespace!r} "
@@ -345,10 +361,15 @@ class ClusterWorkers:
     def list(self) -> list[ClusterWorker]:
         deps = self._call("list deployments", self.apps.list_namespaced_deployment, self.namespace,
                           label_selector="app.kubernetes.io/managed-by=notelab,app.kubernetes.io/component=worker")
-        return [self._state(d) for d in deps.items]
+        return [self._state(d) for d in deps.items if _ours(d)]  # the selector asks; the labels decide
 
     def get(self, name: str) -> ClusterWorker:
-        return self._state(self._call(f"worker {name}", self.apps.read_namespaced_deployment, name, self.namespace))
+        "A worker notelab launched; a Deployment without notelab's worker labels (MLflow, the lab) is none of its own."
+        d = self._call(f"worker {name}", self.apps.read_namespaced_deployment, name, self.namespace)
+        if not _ours(d):
+            raise WorkerNotFoundError(f"{name!r} in namespace {self.namespace!r} is not a worker notelab launched; "
+                                      "notelab stops and scales only its own (`notelab worker ls --target cluster`)")
+        return self._state(d)
 
     def _state(self, d) -> ClusterWorker:
         name = d.metadata.name
@@ -381,6 +402,7 @@ class ClusterWorkers:
 
     def scale(self, name: str, replicas: int) -> ClusterWorker:
         check_replicas(replicas, allow_zero=True)
+        self.get(name)  # only a worker of notelab's
         self._call(f"scale {name}", self.apps.patch_namespaced_deployment_scale, name, self.namespace,
                    {"spec": {"replicas": replicas}})
         return self.get(name)

@@ -18,7 +18,7 @@ from typing import Iterator
 # %% auto #0
 __all__ = ['NotelabError', 'InvalidInput', 'ModelError', 'UnknownModelError', 'WorkerError', 'WorkerNotFoundError',
            'WorkerNameTakenError', 'PortInUseError', 'EngineError', 'LimitError', 'WorkerStartError', 'NoReplicaError',
-           'ExperimentError', 'RunNotFoundError', 'tail', 'atomic_write', 'sha256_file', 'use_progress',
+           'ExperimentError', 'RunNotFoundError', 'tail', 'atomic_write', 'private_log', 'sha256_file', 'use_progress',
            'progress_style', 'progress', 'run_dir', 'record', 'records', 'note_use', 'gc_paused', 'ProcessRef',
            'kill_tree']
 
@@ -121,6 +121,15 @@ def atomic_write(path: Path | str, text: str, mode: int = 0o644) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def private_log(path: Path | str):
+    "Open a log for appending, readable by its owner only (a request's text and a key in a URL can end up in it)."
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # also one made before, by an older notelab
+    return os.fdopen(fd, "ab")
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:

@@ -206,6 +206,8 @@ def load(path: Path | str) -> list[Section]:
         raise
     except OSError as e:
         raise DocumentError(f"{p}: cannot be read ({e.strerror or e})") from None
+    except Exception as e:  # a malformed file (a notebook whose cells are not a list, ...): this file, not the ingest
+        raise DocumentError(f"{p}: not a valid {p.suffix.lower()} file ({type(e).__name__}: {e})") from None
 
 # %% ../../nbs/09_docs.ipynb #c80b7efb
 def _tiny_pdf(path: Path, pages: Sequence[str]) -> Path:

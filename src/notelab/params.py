@@ -29,9 +29,12 @@ def notebook_path(notebook: str | Path) -> Path:
     nb = Path(notebook).expanduser()
     if nb.suffix != ".ipynb":
         raise InvalidInput("notebook", f"{notebook}: an experiment is a notebook (.ipynb)")
-    if not nb.is_file():
-        raise InvalidInput("notebook", f"{notebook}: no such notebook")
-    return nb.resolve()
+    try:
+        if nb.is_file():
+            return nb.resolve()
+    except (OSError, ValueError):  # a NUL byte, a name too long for the file system
+        pass
+    raise InvalidInput("notebook", f"{notebook}: no such notebook")
 
 
 def notebook_params(notebook: str | Path) -> dict[str, dict]:

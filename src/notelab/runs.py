@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .core import (ExperimentError, InvalidInput, ProcessRef, RunNotFoundError, atomic_write, gc_paused,
-                          kill_tree, progress, records, tail)
+                          kill_tree, private_log, progress, records, tail)
 from .params import check_params, notebook_path
 from .rules import check_experiment_name, check_target, slug
 from .settings import settings
@@ -493,7 +493,7 @@ _CHILDREN: dict[str, subprocess.Popen] = {}  # run id -> the executing process t
 def spawn(spec: dict) -> subprocess.Popen:
     "Start the process that executes a written spec: `python -m notelab.runs SPEC` in a session of its own."
     folder = run_folder(spec["run_id"])
-    with open(folder / "executor.log", "ab") as log:
+    with private_log(folder / "executor.log") as log:
         p = subprocess.Popen([sys.executable, "-m", "notelab.runs", str(folder / "spec.json")],
                              cwd=Path(spec["notebook"]).parent, stdin=subprocess.DEVNULL, stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True,

@@ -21,9 +21,10 @@ from .settings import settings
 
 # %% auto #0
 __all__ = ['OPENAI_PATHS', 'ROUTES', 'field', 'cluster_spec', 'cluster', 'cluster_json', 'parse_vllm_metrics', 'worker_metrics',
-           'LabService', 'compare_json', 'mlflow_proxy', 'ModelsHandler', 'RulesHandler', 'WorkersHandler',
-           'WorkerHandler', 'ScaleHandler', 'LogsHandler', 'MetricsHandler', 'ParamsHandler', 'RunsHandler',
-           'RunHandler', 'CancelHandler', 'CompareHandler', 'SweepsHandler', 'WorkerProxyHandler', 'NotelabApp']
+           'LabService', 'compare_json', 'check_generation', 'mlflow_proxy', 'ModelsHandler', 'RulesHandler',
+           'WorkersHandler', 'WorkerHandler', 'ScaleHandler', 'LogsHandler', 'MetricsHandler', 'ParamsHandler',
+           'RunsHandler', 'RunHandler', 'CancelHandler', 'CompareHandler', 'SweepsHandler', 'WorkerProxyHandler',
+           'NotelabApp']
 
 # %% ../../nbs/17_server.ipynb #ec1cad0b
 def field(body: dict, name: str, kind, default=None, *, required: bool = False, check=None, hint: str = ""):
@@ -50,12 +51,12 @@ def cluster_spec(name: str, model: str, replicas: int, gpus: int | None, extra: 
         raise InvalidInput("name", str(e)) from None
 
 
-def cluster(required: bool = True):
-    "The cluster launcher, or None (`required=False`) when the lab has no cluster to talk to."
+def cluster(required: bool = True, quick: bool = False):
+    "The cluster launcher, or None (`required=False`) when the lab has no cluster to talk to; `quick`: a second, no retry."
     from notelab.cluster import ClusterError, ClusterWorkers
 
     try:
-        return ClusterWorkers()
+        return ClusterWorkers(timeout=(1, 1), retries=0) if quick else ClusterWorkers()
     except ClusterError as e:
         if required:
             raise InvalidInput("target", f"{e} (the lab's environment)") from None
@@ -214,7 +215,8 @@ class LabService:
         with self.lock:
             out += [{"name": n, "model": l["model"], "state": l["state"], "error": l["error"], "replicas": [],
                      "target": "local"} for n, l in self.launches.items() if n not in have]
-        if (cw := cluster(required=False)) is not None:
+        # a cluster that hangs or refuses must not hold up the local workers: a second to answer, or it is unreachable
+        if (cw := cluster(required=False, quick=True)) is not None:
             out += cluster_json(cw)
         return out
 
@@ -254,9 +256,13 @@ class LabService:
         "A notebook under the server's root, by its path relative to the root."
         if not isinstance(rel, str) or not rel:
             raise InvalidInput("notebook", "notebook is required: a notebook path relative to the server's root")
-        nb = (self.root / rel).resolve()
-        if self.root not in nb.parents or nb.suffix != ".ipynb" or not nb.is_file():
-            raise InvalidInput("notebook", f"{rel}: no such notebook under the server's root")
+        try:
+            nb = (self.root / rel).resolve()
+            found = self.root in nb.parents and nb.suffix == ".ipynb" and nb.is_file()
+        except (OSError, ValueError):  # a NUL byte, a name too long for the file system
+            found = False
+        if not found:
+            raise InvalidInput("notebook", f"{rel!r}: no such notebook under the server's root")
         return nb
 
     def relative(self, path: str | None) -> str | None:
@@ -442,6 +448,26 @@ def compare_json(a: str, b: str, metric: str, confidence: str = "0.95") -> dict:
 # %% ../../nbs/17_server.ipynb #9682826a
 OPENAI_PATHS = {"models", "chat/completions", "completions", "embeddings"}  #: what the lab forwards to a worker
 
+
+def check_generation(body: bytes) -> None:
+    """A completion request's size, before a worker sees it: `n` within `[limits] max_n`, and `max_tokens` within
+    the context a worker serves (an unbounded `n` could exhaust a worker: vLLM CVE-2026-34756)."""
+    try:
+        req = json.loads(body or b"{}")
+    except ValueError:
+        return  # not JSON: the worker answers that itself
+    if not isinstance(req, dict):
+        return
+    s = settings()
+    n = req.get("n", 1)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= s.limits.max_n):
+        raise InvalidInput("n", f"n={n!r}: ask for 1 to {s.limits.max_n} completions a request ([limits] max_n)")
+    for key in ("max_tokens", "max_completion_tokens"):
+        m = req.get(key)
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= s.workers.max_model_len):
+            raise InvalidInput(key, f"{key}={m!r}: ask for 1 to {s.workers.max_model_len} tokens "
+                                    "([workers] max_model_len)")
+
 # %% ../../nbs/17_server.ipynb #4e736058
 def mlflow_proxy() -> dict:
     "jupyter-server-proxy's description of the MLflow UI on notelab's tracking store."
@@ -471,6 +497,11 @@ class _Base(ExtensionHandlerMixin, APIHandler):
     @property
     def service(self) -> LabService:
         return self.extensionapp.service
+
+    def write_error(self, status_code: int, **kw):
+        if status_code == 405:  # a method this resource does not have: say which it has (RFC 9110)
+            self.set_header("Allow", ", ".join(m.upper() for m in ("get", "post", "delete") if m in type(self).__dict__))
+        super().write_error(status_code, **kw)
 
     def body(self) -> dict:
         if not self.request.body:
@@ -680,6 +711,11 @@ class WorkerProxyHandler(_Base):
         if path not in OPENAI_PATHS:
             return self.fail(InvalidInput("path", f"{path!r}: the lab forwards only {', '.join(sorted(OPENAI_PATHS))}",
                                           404))
+        if self.request.method == "POST" and path in ("completions", "chat/completions"):
+            try:
+                check_generation(self.request.body)
+            except InvalidInput as e:
+                return self.fail(e)
         try:
             client = await asyncio.get_running_loop().run_in_executor(self.service.executor, self.service.router, name)
         except NotelabError as e:

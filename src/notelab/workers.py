@@ -24,7 +24,7 @@ import psutil
 from filelock import FileLock
 
 from .core import (InvalidInput, LimitError, PortInUseError, WorkerError, WorkerNameTakenError, WorkerNotFoundError,
-                          WorkerStartError, atomic_write, progress, tail)
+                          WorkerStartError, atomic_write, private_log, progress, tail)
 from .engine import check_extra_args, detect_engine, plan_gpus, replica_launch
 from .models import resolve
 from .rules import WORKER_NAME, check_gpus, check_replicas, check_worker_name, default_worker_name
@@ -119,7 +119,14 @@ def _root() -> Path:
 
 
 def _lock() -> FileLock:
+    "The registry's lock: held to read and write records, claim names, ports and GPUs; never while a replica starts."
     return FileLock(str(_root() / ".lock"))
+
+
+def _worker_lock(name: str) -> FileLock:
+    "One change to one worker at a time (two scalings of it do not both start replicas)."
+    (_root() / ".locks").mkdir(exist_ok=True)
+    return FileLock(str(_root() / ".locks" / f"{check_name(name)}.lock"))
 
 
 def _record(name: str) -> Path:
@@ -263,8 +270,7 @@ def _spawn(w: Worker, index: int, slot: int, port: int, gpus: tuple[int, ...], r
     launch = replica_launch(eng, model_path=w.model_path, served_names=w.served_names, port=port, api_key=key,
                             extra=w.extra_args, gpus=gpus, index=slot, replicas=replicas)
     log = _root() / w.name / f"replica-{index}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as f:
+    with private_log(log) as f:
         f.write(f"notelab: starting replica {index} of {w.name} on port {port}: {' '.join(launch.argv)}\n".encode())
         f.flush()
         p = subprocess.Popen(launch.argv, env=launch.env, stdout=f, stderr=subprocess.STDOUT,
@@ -280,10 +286,11 @@ def _spawn(w: Worker, index: int, slot: int, port: int, gpus: tuple[int, ...], r
 def _stop(replicas: list[Replica], timeout: float | None = None) -> None:
     "SIGTERM each replica's process group, wait, then SIGKILL what is left (children included)."
     timeout = settings().workers.stop_timeout if timeout is None else timeout
-    procs = []
+    procs, ours = [], []
     for r in replicas:
-        if (p := _process(r)) is None:
+        if (p := _process(r)) is None:  # gone, or its pid now belongs to another process: not ours to signal
             continue
+        ours.append(r)
         try:
             procs += [p, *p.children(recursive=True)]
         except psutil.Error:
@@ -298,7 +305,7 @@ def _stop(replicas: list[Replica], timeout: float | None = None) -> None:
         except psutil.Error:
             pass
     _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for r in replicas:
+    for r in ours:  # what its process group still holds (a child started after we looked)
         try:
             os.killpg(r.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -382,21 +389,29 @@ def _keep_failed_logs(w: Worker, replicas: list[Replica]) -> Path:
 
 
 def _start_replicas(w: Worker, count: int, gpus: list[tuple[int, ...]], ports: list[int], total: int,
-                    show_progress: bool) -> list[Replica]:
-    "Start `count` replicas, wait until all are healthy, or stop them all and raise."
+                    show_progress: bool, registry: FileLock) -> list[Replica]:
+    """Start `count` replicas, wait until all are healthy, or stop them all and raise. The caller holds the
+    `registry` lock (the ports and GPUs are claimed under it): it is released once the new replicas are recorded,
+    so nothing else waits while they start."""
     first = max((r.index for r in w.replicas), default=-1) + 1
     held = {r.slot for r in w.replicas}
     slots = [s for s in range(total + len(held)) if s not in held][:count]  # cores not bound by live replicas
     new: list[Replica] = []
     try:
-        for i in range(count):
-            new.append(_spawn(w, first + i, slots[i], ports[i], gpus[i], total))
-        w.replicas += new
-        _save(w)
+        try:
+            if not _record(w.name).exists():  # `worker down` since it was read: start nothing
+                raise WorkerError(f"worker {w.name!r} was stopped while it started")
+            for i in range(count):
+                new.append(_spawn(w, first + i, slots[i], ports[i], gpus[i], total))
+            w.replicas += new
+            _save(w)
+        finally:
+            registry.release(force=True)
         _wait_ready(w, new, settings().workers.start_timeout, show_progress)
-        if not _record(w.name).exists():  # `worker down` while it started: do not bring the record back
-            raise WorkerError(f"worker {w.name!r} was stopped while it started")
-        _save(w)
+        with registry:
+            if not _record(w.name).exists():  # `worker down` while it started: do not bring the record back
+                raise WorkerError(f"worker {w.name!r} was stopped while it started")
+            _save(w)
         return new
     except BaseException as e:
         _stop(new, timeout=5)
@@ -434,7 +449,9 @@ def launch_worker(model: str | None = None, *, name: str | None = None, replicas
     mv = resolve(model or cfg.lab.default_model)
     engine = detect_engine().require()
     gpr = (1 if engine.dist == "vllm" else 0) if gpus_per_replica is None else gpus_per_replica
-    with _lock():
+    registry = _lock()
+    registry.acquire()
+    try:
         others = list_workers(probe=False)
         taken_names = {w.name for w in others}
         name = check_name(name) if name else default_worker_name(mv.name, taken_names)
@@ -451,11 +468,13 @@ def launch_worker(model: str | None = None, *, name: str | None = None, replicas
         w = Worker(name, mv.ref, str(mv.path), [mv.name, mv.ref], engine.dist, "local", gpr, extra,
                    datetime.now(timezone.utc).isoformat(timespec="seconds"))
         _save(w)  # claims the name; everything below undoes it on failure
-    try:
-        _start_replicas(w, replicas, gpus, ports, replicas, show_progress)
-    except BaseException:
-        shutil.rmtree(_root() / name, ignore_errors=True)
-        raise
+        try:
+            _start_replicas(w, replicas, gpus, ports, replicas, show_progress, registry)
+        except BaseException:
+            shutil.rmtree(_root() / name, ignore_errors=True)
+            raise
+    finally:
+        registry.release(force=True)
     return _refresh(w)
 
 # %% ../../nbs/04_workers.ipynb #10435991
@@ -465,38 +484,37 @@ def scale_worker(name: str, replicas: int, *, show_progress: bool = True) -> Wor
     if replicas == 0:
         raise InvalidInput("replicas", f"replicas 0: to stop the worker use `notelab worker down {name}`")
     check_replicas(replicas)
-    with _lock():
-        w = get_worker(name)
-        gone = [r for r in w.replicas if r.state in ("dead", "failed")]
-        _stop(gone, timeout=1)
-        w.replicas = [r for r in w.replicas if r not in gone]
-        live = len(w.replicas)
-        if replicas < live:
-            drop = sorted(w.replicas, key=lambda r: r.index)[replicas:]
-            _stop(drop)
-            w.replicas = [r for r in w.replicas if r not in drop]
-            for r in drop:
-                Path(r.log).unlink(missing_ok=True)
-            _save(w)
-            return _refresh(w)
-        _save(w)
-        more = replicas - live
-        if more == 0:
-            return _refresh(w)
-        used_ports, used_gpus = _used(list_workers(probe=False))
-        gpus = plan_gpus(detect_engine().require(), more, w.gpus_per_replica, used_gpus)
-        ports = _ports(settings().workers.host, more, None, used_ports)
-        _start_replicas(w, more, gpus, ports, replicas, show_progress)
-        _save(w)
+    with _worker_lock(name):
+        registry = _lock()
+        registry.acquire()
+        try:
+            w = get_worker(name)
+            gone = [r for r in w.replicas if r.state in ("dead", "failed")]
+            keep = sorted((r for r in w.replicas if r not in gone), key=lambda r: r.index)
+            drop = keep[replicas:]
+            w.replicas = keep[:replicas]
+            _save(w)  # the record first: what is stopped below is no longer the worker's
+            more = replicas - len(w.replicas)
+            if more:
+                used_ports, used_gpus = _used(list_workers(probe=False))
+                gpus = plan_gpus(detect_engine().require(), more, w.gpus_per_replica, used_gpus)
+                ports = _ports(settings().workers.host, more, None, used_ports)
+                _start_replicas(w, more, gpus, ports, replicas, show_progress, registry)
+        finally:
+            registry.release(force=True)
+        _stop(gone, timeout=1)  # outside the registry's lock: stopping takes up to [workers] stop_timeout
+        _stop(drop)
+        for r in drop:
+            Path(r.log).unlink(missing_ok=True)
     return _refresh(w)
 
 
 def stop_worker(name: str, *, timeout: float | None = None) -> Worker:
     "Stop every replica of worker `name` (SIGTERM, then SIGKILL) and remove it from the registry."
-    with _lock():
+    with _lock():  # the record goes first: a start in progress sees that and stops what it started
         w = get_worker(name, probe=False)
-        _stop(w.replicas, timeout)
         shutil.rmtree(_root() / name, ignore_errors=True)
+    _stop(w.replicas, timeout)  # outside the registry's lock: this takes up to [workers] stop_timeout
     w.state = "stopped"
     for r in w.replicas:
         r.state = "stopped"
