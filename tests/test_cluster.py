@@ -101,7 +101,9 @@ def test_dry_run_prints_valid_yaml():
     so = list(yaml.safe_load_all(r.stdout))[-1]
     assert so["kind"] == "ScaledObject" and (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (1, 3)
     assert so["spec"]["triggers"][0]["metadata"]["threshold"] == "2"
-    for args, msg in [(["--autoscale", "3"], "write MIN:MAX"), (["--autoscale", "1:2"], "needs --prometheus")]:
+    for args, msg in [(["--autoscale", "3"], "write MIN:MAX"), (["--autoscale", "1:2"], "needs --prometheus"),
+                      (["--", "--api-k=EVIL"], "vLLM reads it as --api-key, which notelab sets"),
+                      (["--", "--served_model_name", "x"], "vLLM reads it as --served-model-name")]:
         r = subprocess.run([NOTELAB, "worker", "up", "x/y", "--target", "cluster", "--dry-run", *args],
                            capture_output=True, text=True)
         assert r.returncode == 1 and msg in r.stderr, r.stderr

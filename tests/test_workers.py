@@ -73,6 +73,15 @@ def test_bad_vllm_argument_leaves_nothing():
     assert names() == before and vllm_pids() == procs
 
 
+def test_no_spelling_of_a_reserved_flag_reaches_vllm():
+    "vLLM takes prefixes and underscores: a worker started with --api-k=EVIL served that key (the lab got 401)."
+    before, procs = names(), vllm_pids()
+    for bad in (["--api-k=EVIL"], ["--api_key", "x"], ["--hos=0.0.0.0"], ["--served_model_name", "x"], ["--config", "c.yaml"]):
+        with pytest.raises(EngineError, match="which notelab sets"):
+            launch_worker(name="sneaky", extra_args=bad)
+    assert names() == before and vllm_pids() == procs
+
+
 def test_start_timeout_leaves_nothing(monkeypatch):
     monkeypatch.setenv("NOTELAB_WORKERS_START_TIMEOUT", "3")
     before, procs = names(), vllm_pids()

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 from .core import LimitError, NotelabError, WorkerError, WorkerNotFoundError
+from .engine import check_extra_args
 from .models import parse_ref
 from .rules import check_gpus, check_replicas, check_worker_name
 from .settings import settings
@@ -81,6 +82,8 @@ class ClusterWorkerSpec:
         check_worker_name(self.name)
         check_replicas(self.replicas)
         check_gpus(self.gpus, self.replicas)
+        self.extra_args = [str(a) for a in self.extra_args]
+        check_extra_args(self.extra_args)  # what the Deployment's args set is notelab's, as for a local worker
 
     @property
     def image(self) -> str:

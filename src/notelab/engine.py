@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .core import EngineError
+from .core import EngineError, atomic_write
 from .settings import Settings, settings
 
 # %% auto #0
-__all__ = ['RESERVED_FLAGS', 'COMPACT_JSON', 'Engine', 'visible_gpus', 'detect_engine', 'plan_gpus', 'cpu_slice',
-           'check_extra_args', 'model_context', 'Launch', 'replica_launch']
+__all__ = ['RESERVED', 'RESERVED_FLAGS', 'COMPACT_JSON', 'Engine', 'visible_gpus', 'detect_engine', 'plan_gpus', 'cpu_slice',
+           'vllm_options', 'check_extra_args', 'model_context', 'Launch', 'replica_launch']
 
 # %% ../../nbs/03_engine.ipynb #97c2ab43
 @dataclass(frozen=True)
@@ -104,16 +104,78 @@ def cpu_slice(index: int, replicas: int, threads: int = 0, cores: list[int] | No
     return per, ",".join(map(str, mine))
 
 # %% ../../nbs/03_engine.ipynb #0bdb95e9
-RESERVED_FLAGS = {"--model": "the model argument", "--port": "--port", "--host": "[workers] host",
-                  "--api-key": "the generated per-replica key", "--served-model-name": "the model's name"}
+RESERVED = {"model": "the model argument", "model_tag": "the model argument", "port": "--port, or a free port",
+            "host": "[workers] host", "uds": "the replica's port", "api_key": "the generated per-replica key",
+            "served_model_name": "the model's name", "config": "notelab's own arguments (a file could set any)"}
+RESERVED_FLAGS = {f"--{d.replace('_', '-')}": why for d, why in RESERVED.items() if d != "model_tag"}
+
+_TABLE_SCRIPT = """
+import json, sys
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+p = make_arg_parser(FlexibleArgumentParser())
+json.dump({o: a.dest for a in p._actions for o in a.option_strings}, sys.stdout)
+"""
 
 
-def check_extra_args(extra: list[str]) -> None:
-    "Refuse extra vLLM arguments that would fight the ones notelab sets."
+def vllm_options() -> dict[str, str]:
+    "Every option string of the installed vLLM's server and the setting it sets ({} without vLLM); cached by version."
+    import subprocess
+    import sys
+
+    from notelab.settings import settings
+
+    eng = detect_engine()
+    if eng.dist is None:
+        return {}
+    name = f"vllm-options-{eng.dist}-{eng.version}.json"
+    # one table per environment (it is the environment's vLLM), kept in it; in the data folder where it is read-only
+    places = [Path(sys.prefix) / "share" / "notelab" / name, settings().data_dir / "engine" / name]
+    for cache in places:
+        try:
+            return json.loads(cache.read_text())
+        except (OSError, ValueError):
+            pass
+    r = subprocess.run([sys.executable, "-c", _TABLE_SCRIPT], capture_output=True, text=True)
+    try:
+        table = json.loads(r.stdout)
+    except ValueError:
+        return {}  # the reserved spellings stand in (see `check_extra_args`)
+    for cache in places:
+        try:
+            atomic_write(cache, json.dumps(table))
+            break
+        except OSError:
+            continue
+    return table
+
+
+def _settings_of(arg: str, table: dict[str, str]) -> set[str]:
+    "The settings an argument may set, as vLLM's parser would read it: normalized, then exact or by unique prefix."
+    if not arg.startswith("--"):
+        return set()
+    key = arg.split("=", 1)[0].split(".", 1)[0]
+    key = "--" + key[2:].replace("_", "-")
+    options = table or RESERVED_FLAGS
+    if key in options:
+        return {options[key] if table else key[2:].replace("-", "_")}
+    hits = [o for o in options if o.startswith(key)]
+    if table:
+        return {table[o] for o in hits}  # one: argparse's abbreviation; several: ambiguous, so any of them
+    return {o[2:].replace("-", "_") for o in hits}
+
+
+def check_extra_args(extra: list[str], table: dict[str, str] | None = None) -> None:
+    "Refuse extra vLLM arguments that set (or could set) what notelab sets, however they are spelt."
+    table = vllm_options() if table is None else table
     for a in extra:
-        flag = a.split("=", 1)[0]
-        if flag in RESERVED_FLAGS:
-            raise EngineError(f"extra vLLM argument {flag}: notelab sets it (from {RESERVED_FLAGS[flag]}); remove it")
+        if not isinstance(a, str):
+            raise EngineError(f"extra vLLM argument {a!r}: give arguments as text")
+        owned = sorted(_settings_of(a, table) & set(RESERVED))
+        if owned:
+            d = owned[0]
+            raise EngineError(f"extra vLLM argument {a.split('=', 1)[0]}: vLLM reads it as --{d.replace('_', '-')}, "
+                              f"which notelab sets (from {RESERVED[d]}); remove it")
 
 
 def _has(extra: list[str], flag: str) -> bool:

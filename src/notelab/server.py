@@ -156,16 +156,16 @@ class LabService:
         gpus = field(body, "gpus_per_replica", int, None)
         extra = field(body, "extra_args", list, [], check=lambda xs: all(isinstance(x, str) for x in xs),
                       hint="a list of vLLM arguments, as strings")
+        from notelab.engine import check_extra_args
+
+        try:
+            check_extra_args(extra)  # here and on the cluster alike
+        except NotelabError as e:
+            raise InvalidInput("extra_args", str(e)) from None
         if target == "cluster":
             name = check_worker_name(field(body, "name", str, None) or default_worker_name(ref))
             return {"target": "cluster", "model": ref, "name": name,
                     "spec": cluster_spec(name, ref, replicas, gpus, extra)}
-        from notelab.engine import check_extra_args
-
-        try:
-            check_extra_args(extra)
-        except NotelabError as e:
-            raise InvalidInput("extra_args", str(e)) from None
         workers = list_workers(probe=False)
         with self.lock:
             busy = {w.name for w in workers} | {n for n, l in self.launches.items() if l["state"] == "starting"}
