@@ -212,6 +212,8 @@ def test_launcher_against_the_api_emulator(tmp_path):
                for v in rule["verbs"]}
     assert called == granted, f"called but not granted: {sorted(called - granted)}; granted but never called: " \
                               f"{sorted(granted - called)}"
+    # no verb that answers with a Secret the lab did not just make (a patch returns the whole object)
+    assert not {v for g, res, v in granted if res == "secrets"} & {"get", "list", "watch", "patch", "update"}
 
 
 def test_stop_and_scale_act_only_on_notelab_workers():

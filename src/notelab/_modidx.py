@@ -499,6 +499,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'notelab.server.CompareHandler.get': ('server.html#comparehandler.get', 'notelab/server.py'),
                                 'notelab.server.LabService': ('server.html#labservice', 'notelab/server.py'),
                                 'notelab.server.LabService.__init__': ('server.html#labservice.__init__', 'notelab/server.py'),
+                                'notelab.server.LabService._check_room': ('server.html#labservice._check_room', 'notelab/server.py'),
                                 'notelab.server.LabService._outputs': ('server.html#labservice._outputs', 'notelab/server.py'),
                                 'notelab.server.LabService._reap': ('server.html#labservice._reap', 'notelab/server.py'),
                                 'notelab.server.LabService.cancel': ('server.html#labservice.cancel', 'notelab/server.py'),

@@ -320,9 +320,16 @@ class ClusterWorkers:
             except WorkerNotFoundError:
                 raise ClusterError("autoscaling needs KEDA, which this cluster lacks (no scaledobjects.keda.sh): "
                                    "install KEDA, or launch without --autoscale") from None
+        if kind == "Secret":  # created, never patched: a patch answers with the Secret, and the lab reads no Secret
+            try:
+                return self._call(f"create Secret/{name}", self.core.create_namespaced_secret, ns, o)
+            except ClusterError as e:
+                if " 409 " not in str(e):
+                    raise
+                raise ClusterError(f"a Secret named {name!r} exists in namespace {ns!r} and notelab did not make it for "
+                                   "this launch: remove it, or pick another worker name") from None
         fn = {"Deployment": self.apps.patch_namespaced_deployment, "Service": self.core.patch_namespaced_service,
-              "Secret": self.core.patch_namespaced_secret, "ConfigMap": self.core.patch_namespaced_config_map,
-              "Job": self.batch.patch_namespaced_job}[kind]
+              "ConfigMap": self.core.patch_namespaced_config_map, "Job": self.batch.patch_namespaced_job}[kind]
         return self._call(f"apply {kind}/{name}", fn, name, ns, o, field_manager=MANAGER, force=True,
                           _content_type="application/apply-patch+yaml")
 

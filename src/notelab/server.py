@@ -277,6 +277,15 @@ class LabService:
     def _outputs(self, experiment: str) -> Path:
         return self.root / "notelab-runs" / slug(experiment)
 
+    def _check_room(self) -> None:
+        "Runs and sweeps this lab started that still run stay within `[limits] max_runs`."
+        most = settings().limits.max_runs
+        with self.lock:
+            n = len(self.started)
+        if n >= most:
+            raise InvalidInput("notebook", f"{n} runs and sweeps started here still run, the most [limits] max_runs "
+                                           "allows; wait for one, or stop one", 403)
+
     def _reap(self, handle) -> None:
         "Follow a run this lab started until it ends (reaping its process, with its exit code)."
         def go():
@@ -299,6 +308,7 @@ class LabService:
         nb = self.notebook(body.get("notebook"))
         params = field(body, "params", dict, {})
         experiment = check_experiment_name(field(body, "experiment", str, nb.stem))
+        self._check_room()
         h = submit(nb, params, experiment=experiment, output_dir=self._outputs(experiment),
                    tags={"notelab.started_by": "jupyter"})
         self._reap(h)
@@ -331,6 +341,7 @@ class LabService:
                     raise InvalidInput(f"grid.{k}" if e.field == f"params.{k}" else e.field, str(e)) from None
         parallel = field(body, "parallel", int, 1, check=lambda p: 1 <= p <= 8, hint="1 to 8")
         experiment = check_experiment_name(field(body, "experiment", str, nb.stem))
+        self._check_room()
         h = submit_sweep(nb, grid=grid, params=params, parallel=parallel, experiment=experiment,
                          max_variants=most, output_dir=self._outputs(experiment), tags={"notelab.started_by": "jupyter"})
         self._reap(h)

@@ -83,6 +83,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_gpus": Key("int", "8", "GPUs per user", _at_least(0)),
         "max_sweep_variants": Key("int", "64", "variants in one sweep started from the lab", _at_least(1)),
         "max_n": Key("int", "8", "completions one request through the lab may ask for (OpenAI's n)", _at_least(1)),
+        "max_runs": Key("int", "8", "runs and sweeps the lab runs at once", _at_least(1)),
     },
 }
 
