@@ -1,11 +1,13 @@
 """kmock's Kubernetes API emulator on a real port, for the official (synchronous) client.
 
 kmock serves from an asyncio loop; here it runs in a thread of its own. Two additions to the emulator:
-server-side apply creates an object that does not exist yet (as the real API server does), and the
-log of a pod is served from `logs[(namespace, pod)]`.
+server-side apply creates an object that does not exist yet (as the real API server does), giving it a
+`metadata.uid` as the API server does (owner references name their owner by it), and the log of a pod is
+served from `logs[(namespace, pod)]`.
 """
 import asyncio
 import threading
+import uuid
 
 import kmock
 from kubernetes import client
@@ -22,6 +24,8 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
         if request.method == "PATCH" and "apply-patch" in ctype and request.name and not request.subresource:
             key = (request.resource, request.namespace, request.name)
             async with self._lock:
+                if key not in self._objects or self._objects[key].deleted:
+                    request.data.setdefault("metadata", {})["uid"] = str(uuid.uuid4())
                 if key not in self._objects:
                     self._objects[key] = request.data
                 elif self._objects[key].deleted:

@@ -182,6 +182,8 @@ def test_launcher_against_the_api_emulator(tmp_path):
         nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
         job = cw.submit(render_job("exp-1", {"run_id": "r", "notebook": str(nb), "params": {"k": 3}}, namespace=NS))
         assert cw.job_state(job) == ("running", "")
+        owners = admin.read_namespaced_config_map(job, NS).metadata.owner_references  # it goes with its Job
+        assert [(o.kind, o.name, o.uid) for o in owners] == [("Job", job, admin_batch.read_namespaced_job(job, NS).metadata.uid)]
         admin.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
             "name": "exp-1-xyz", "namespace": NS, "labels": {"job-name": "exp-1"}},
             "spec": {"containers": [{"name": "run", "image": "x"}]}})

@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 NOTELAB = str(Path(sys.executable).parent / "notelab")
 
 
@@ -46,3 +48,51 @@ def test_add_a_real_folder_then_remove(tmp_path):
 def test_unknown_model_names_the_fixes():
     r = run("models", "pull", "llama-9000")
     assert r.returncode == 1 and "no source for model 'llama-9000'; pullable: gemma-3-270m" in r.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A real 4 MiB filesystem (tmpfs), where this machine lets the test mount one."
+    d = tmp_path / "disk"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root (or CAP_SYS_ADMIN)")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=True)
+
+
+def test_a_full_disk_names_the_store_and_keeps_nothing(small_disk, tmp_path):
+    from notelab.core import ModelError
+    from notelab.models import SOURCES, Source, list_models, pull_model, register_source
+
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "config.json").write_text('{"model_type": "gemma3_text"}')
+    (src / "tokenizer.json").write_text("{}")
+    (src / "model.safetensors").write_bytes(os.urandom(6 * 2**20))
+    r = run("models", "add", str(src), "--name", "big", env={**os.environ, "NOTELAB_MODELS_STORE": str(small_disk)})
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"the model store {small_disk} has 4.0 MiB free and adding {src} needs about 6.0 MiB" in r.stderr
+
+    @register_source("understated")  # says it needs 1 MiB, then writes until the disk is full
+    class Understated(Source):
+        space_needed = 2**20
+
+        def source_id(self):
+            return "test"
+
+        def build(self, dest, bar):
+            dest.mkdir(parents=True)
+            with open(dest / "model.safetensors", "wb") as f:
+                for _ in range(8):
+                    f.write(os.urandom(2**20))
+                    f.flush()
+
+    try:
+        with pytest.raises(ModelError, match=f"the disk of the model store {small_disk} filled up while pulling understated"):
+            pull_model("understated", store=small_disk, show_progress=False)
+    finally:
+        del SOURCES["understated"]
+    assert list_models(small_disk) == [] and list((small_disk / ".staging").iterdir()) == []

