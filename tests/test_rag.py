@@ -110,8 +110,9 @@ def test_bad_input_leaves_nothing(docs):
     before = {k["name"] for k in list_kbs(as_frame=False)}
     with pytest.raises(RagError, match="no such file or folder"):
         ingest([docs, docs / "missing"], "never")
-    with pytest.raises(RagError, match="--kb 'bad name'"):
-        ingest(docs, "bad name")
+    for bad in ("bad name", "kb\n", "../kb"):
+        with pytest.raises(RagError, match="knowledge base name .*: use letters, digits"):
+            ingest(docs, bad)
     with pytest.raises(RagError, match="--chunk-tokens 999: the embedder .* reads at most 256"):
         ingest(docs, "toolong", chunk_tokens=999)
     assert {k["name"] for k in list_kbs(as_frame=False)} == before

@@ -441,6 +441,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'notelab.rules': { 'notelab.rules.check_experiment_name': ('rules.html#check_experiment_name', 'notelab/rules.py'),
                                'notelab.rules.check_gpus': ('rules.html#check_gpus', 'notelab/rules.py'),
                                'notelab.rules.check_replicas': ('rules.html#check_replicas', 'notelab/rules.py'),
+                               'notelab.rules.check_store_name': ('rules.html#check_store_name', 'notelab/rules.py'),
                                'notelab.rules.check_target': ('rules.html#check_target', 'notelab/rules.py'),
                                'notelab.rules.check_worker_name': ('rules.html#check_worker_name', 'notelab/rules.py'),
                                'notelab.rules.default_worker_name': ('rules.html#default_worker_name', 'notelab/rules.py'),

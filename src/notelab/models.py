@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from typing import Callable
 from filelock import FileLock
 
 from .core import ModelError, UnknownModelError, atomic_write, progress, sha256_file
+from .rules import check_store_name
 from .settings import settings
 
 # %% auto #0
@@ -27,7 +27,6 @@ __all__ = ['MANIFEST', 'SOURCES', 'DIALOGUE_TEMPLATE', 'ModelVersion', 'parse_re
 
 # %% ../../nbs/02_models.ipynb #e01c86cb
 MANIFEST = "notelab-model.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,7 @@ class ModelVersion:
 def parse_ref(ref: str) -> tuple[str, int | None]:
     "Split `name[@version]` into the name and the version (None: the latest)."
     name, _, v = ref.partition("@")
-    if not _NAME_RE.match(name):
-        raise ModelError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (at most 64), e.g. gemma-3-270m")
+    check_store_name(name, "model", "gemma-3-270m", ModelError)
     if v in ("", "latest"):
         return name, None
     if not v.isdigit():

@@ -23,6 +23,7 @@ from filelock import FileLock
 from .core import NotelabError, atomic_write, note_use, progress, sha256_file
 from .docs import DocumentError, chunk_sections, load, supported
 from .embed import Embedder, get_embedder
+from .rules import check_store_name
 from .settings import settings
 
 # lance warns on every hybrid search that it still adds `_distance`/`_score` to selected columns (a coming
@@ -40,7 +41,6 @@ class RagError(NotelabError):
 
 
 MODES = ("hybrid", "vector", "fts")
-_KB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def _sql(s: str) -> str:
@@ -117,9 +117,7 @@ class KnowledgeBase:
 
     @classmethod
     def check_name(cls, name: str) -> str:
-        if not _KB_NAME.match(name or ""):
-            raise RagError(f"--kb {name!r}: use letters, digits, '.', '_' and '-' (at most 64), e.g. pydoc")
-        return name
+        return check_store_name(name, "knowledge base", "pydoc", RagError)
 
     @classmethod
     def open(cls, name: str) -> "KnowledgeBase":

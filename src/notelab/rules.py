@@ -12,8 +12,8 @@ from .core import InvalidInput, LimitError
 from .settings import settings
 
 # %% auto #0
-__all__ = ['WORKER_NAME', 'TARGETS', 'check_worker_name', 'default_worker_name', 'check_target', 'check_experiment_name', 'slug',
-           'check_replicas', 'check_gpus', 'rules_json']
+__all__ = ['WORKER_NAME', 'TARGETS', 'STORE_NAME', 'check_worker_name', 'default_worker_name', 'check_target', 'check_store_name',
+           'check_experiment_name', 'slug', 'check_replicas', 'check_gpus', 'rules_json']
 
 # %% ../../nbs/01a_rules.ipynb #670df1ca
 WORKER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")  #: the one pattern of worker names
@@ -22,7 +22,7 @@ TARGETS = ("local", "cluster")  #: where a worker or a run executes
 
 def check_worker_name(name, field: str = "name") -> str:
     "`name` if it is a valid worker name; else `InvalidInput` naming `field` and the rule."
-    if not isinstance(name, str) or not WORKER_NAME.match(name):
+    if not isinstance(name, str) or not WORKER_NAME.fullmatch(name):
         raise InvalidInput(field, f"worker name {name!r}: use lowercase letters, digits and '-', starting and "
                                   "ending with a letter or digit, at most 40 characters (e.g. gemma-small)")
     return name
@@ -45,6 +45,17 @@ def check_target(target, field: str = "target") -> str:
     if target not in TARGETS:
         raise InvalidInput(field, f"{field} {target!r}: use local (processes here) or cluster (Kubernetes)")
     return target
+
+# %% ../../nbs/01a_rules.ipynb #edf6ff70
+STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  #: the pattern of model and knowledge-base names
+
+
+def check_store_name(name, what: str, example: str, error=None) -> str:
+    "`name` if it can name a `what` (a model, a knowledge base); else `error(message)` (default `InvalidInput`)."
+    if isinstance(name, str) and STORE_NAME.fullmatch(name):
+        return name
+    msg = f"{what} name {name!r}: use letters, digits, '.', '_' and '-' (at most 64), e.g. {example}"
+    raise (error(msg) if error else InvalidInput("name", msg))
 
 # %% ../../nbs/01a_rules.ipynb #085d2a6b
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
