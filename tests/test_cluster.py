@@ -18,7 +18,7 @@ from kubernetes import client
 from k8s_emulator import Emulator
 from notelab.cluster import (ClusterError, ClusterWorkers, ClusterWorkerSpec, render_job, render_worker, to_yaml,
                              validate)
-from notelab.core import LimitError, WorkerNotFoundError
+from notelab.core import LimitError, NotelabError, WorkerNotFoundError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTELAB = str(Path(sys.executable).parent / "notelab")
@@ -124,6 +124,54 @@ def test_overlays_validate_and_meet_restricted(overlay):
                 assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
 
 
+DASHBOARD = ROOT / "k8s" / "components" / "monitoring" / "notelab-dashboard.json"
+
+
+def dashboard_metrics(dash: dict) -> set[str]:
+    "The metric names a Grafana dashboard's queries use (notelab's and vLLM's)."
+    import re
+
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in dash["templating"]["list"] if "definition" in v]
+    return {m.removesuffix("_bucket") for e in exprs for m in re.findall(r"\b(notelab_\w+|vllm:\w+)", e)}
+
+
+def test_the_grafana_dashboard_loads():
+    "What Grafana needs to import a dashboard: ids, a grid without overlaps, defined variables, known metrics."
+    import re
+
+    from notelab.client import routing_metrics
+
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] and dash["title"] and isinstance(dash["schemaVersion"], int) and dash["panels"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    cells = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert p["type"] in ("row", "timeseries", "stat", "gauge", "table") and p["title"]
+        assert 0 <= g["x"] and g["w"] > 0 and g["h"] > 0 and g["x"] + g["w"] <= 24, p["title"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not mine & cells, f"panel {p['title']!r} overlaps another"
+        cells |= mine
+        refs = [t["refId"] for t in p.get("targets", [])]
+        assert len(refs) == len(set(refs)) and (p["type"] == "row" or refs), p["title"]
+    defined = {v["name"] for v in dash["templating"]["list"]}
+    used = set(re.findall(r"\$\{?(\w+)", json.dumps(dash["panels"])))
+    assert used <= defined, used - defined
+    ours = {m.name for m in routing_metrics().registry.collect()}
+    wanted = {m for m in dashboard_metrics(dash) if m.startswith("notelab_")}
+    assert wanted and {m.removesuffix("_total") for m in wanted} <= ours, wanted
+    # every overlay ships it to Grafana's sidecar, and annotates the lab for Prometheus
+    for overlay in ("dev", "gpu"):
+        docs = kustomize(overlay)
+        cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "notelab-grafana-dashboard")
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(cm["data"]["notelab-dashboard.json"]) == dash
+        lab = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "lab")
+        assert lab["metadata"]["annotations"]["prometheus.io/path"] == "/notelab/api/metrics"
+
+
 def _pod(name, worker, status):
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": NS, "labels": {"app.kubernetes.io/instance": worker,
@@ -164,6 +212,24 @@ def test_launcher_against_the_api_emulator(tmp_path):
         with pytest.raises(LimitError):
             cw.scale("chat", 99)
         cw.launch(ClusterWorkerSpec("chat", "gemma-3-270m@1", replicas=3, gpus=1, namespace=NS))  # idempotent
+        # an update rolls the Deployment (a surge pod first, none unavailable), keeps its scale and records history
+        w = cw.update("chat", "gemma-3-270m@2", ["--max-num-seqs", "64"])
+        dep = admin_apps.read_namespaced_deployment("chat", NS)
+        args = dep.spec.template.spec.containers[0].args
+        assert args[:5] == ["--model", "/models/gemma-3-270m/2", "--served-model-name", "gemma-3-270m", "gemma-3-270m@2"]
+        assert args[-2:] == ["--max-num-seqs", "64"] and dep.spec.replicas == 3 and w.model == "gemma-3-270m@2"
+        assert (dep.spec.strategy.rolling_update.max_surge, dep.spec.strategy.rolling_update.max_unavailable) == (1, 0)
+        assert dep.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+        for bad, msg in [(("qwen@1",), "update it to another version of gemma-3-270m"),
+                         (("gemma-3-270m@2", ["--max-num-seqs", "64"]), "already serves"),
+                         ((None, ["--api-key", "x"]), "notelab sets")]:
+            with pytest.raises(NotelabError, match=msg):
+                cw.update("chat", *bad)
+        w = cw.rollback("chat")
+        args = admin_apps.read_namespaced_deployment("chat", NS).spec.template.spec.containers[0].args
+        assert w.model == "gemma-3-270m@1" and "/models/gemma-3-270m/1" in args and "--max-num-seqs" not in args
+        assert [(h["event"], h["model"]) for h in cw.history("chat")] == [
+            ("launch", "gemma-3-270m@1"), ("update", "gemma-3-270m@2"), ("rollback", "gemma-3-270m@1")]
         # autoscaling on vLLM's queue depth: a KEDA ScaledObject next to the Deployment, gone with the worker
         cw.launch(ClusterWorkerSpec("chat", "gemma-3-270m@1", replicas=3, gpus=1, namespace=NS, autoscale={
             "min": 1, "max": 4, "prometheus": "http://prometheus.monitoring:9090"}))

@@ -161,6 +161,14 @@ def test_workers_panel_launches_watches_and_stops_a_worker(page, lab, shared):
     shared_card = page.locator(f"[data-worker='{shared}']")
     shared_card.locator("[data-testid=figures]").wait_for()
     assert re.search(r"running \d+ · waiting \d+ · .* tok/s · KV \d+%", shared_card.inner_text())
+    # a completion through the lab's proxy shows in the card: requests in flight per replica, prefix hits
+    proxy, auth = f"{lab.url}notelab/workers/{shared}/v1", {"Authorization": f"token {lab.token}"}
+    model = httpx.get(f"{proxy}/models", headers=auth, timeout=30).json()["data"][0]["id"]
+    r = httpx.post(f"{proxy}/completions", headers=auth, timeout=300,
+                   json={"model": model, "prompt": "The panel shows routing. " * 20, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    shared_card.locator("[data-testid=routing]", has_text=re.compile(r"prefix hits \d+ of [1-9]")).wait_for()
+    assert re.search(r"in flight #\d+ \d+ #\d+ \d+", shared_card.inner_text())  # one figure per replica
 
     form.locator("input[name=name]").fill("ui-worker")
     form.locator("input[name=replicas]").fill("1")

@@ -3,16 +3,19 @@ import asyncio
 import json
 import os
 import re
+from pathlib import Path
 
+import httpx
 import nbformat
 import pytest
+import yaml
 from tornado.httpclient import HTTPClientError
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
-ENDPOINTS = [("GET", "models"), ("GET", "rules"), ("GET", "workers"), ("POST", "workers"), ("GET", "workers/x"),
-             ("DELETE", "workers/x"), ("POST", "workers/x/scale"), ("GET", "workers/x/logs"),
-             ("GET", "workers/x/metrics"), ("GET", "notebooks/parameters"), ("GET", "runs"), ("POST", "runs"),
-             ("GET", "runs/x"), ("POST", "runs/x/cancel"), ("POST", "sweeps"), ("GET", "compare")]
+SPEC = yaml.safe_load((Path(__file__).parents[1] / "lab_ext" / "openapi.yaml").read_text())
+#: every operation of the API, from its OpenAPI file (path parameters as "x")
+ENDPOINTS = [(m.upper(), re.sub(r"\{[^}]+\}", "x", p).lstrip("/")) for p, ops in SPEC["paths"].items()
+             for m in ops if m in ("get", "post", "delete", "put", "patch")]
 
 
 @pytest.fixture
@@ -49,6 +52,12 @@ async def call(jp_fetch, method, path, body=None, **kw):
         return r.code, json.loads(text)
     except ValueError:
         return r.code, text
+
+
+def samples(text: str, metric: str) -> list[tuple[dict, float]]:
+    "The samples of one metric in Prometheus' text format, as (labels, value)."
+    return [(dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(v))
+            for labels, v in re.findall(rf"^{metric}\{{([^}}]*)\}} (\S+)$", text, re.M)]
 
 
 async def test_no_endpoint_answers_without_the_token(jp_fetch):
@@ -233,6 +242,25 @@ async def test_sweeps_from_the_api(jp_fetch, tiny):
 
 
 @pytest.mark.worker
+async def test_updates_are_checked_before_anything_rolls(jp_fetch, shared):
+    "A bad update or rollback is refused at once, naming the field; the worker serves as it did."
+    code, before = await call(jp_fetch, "GET", f"workers/{shared}")
+    for body, fld in [({}, "model"), ({"model": "no-such-model@1"}, "model"), ({"model": 7}, "model"),
+                      ({"extra_args": "--x"}, "extra_args"), ({"extra_args": ["--api-key", "k"]}, "extra_args")]:
+        code, e = await call(jp_fetch, "POST", f"workers/{shared}/update", body)
+        assert (code, e["field"]) == (400, fld), (body, e)
+    code, e = await call(jp_fetch, "POST", "workers/nobody/update", {"model": "gemma-3-270m"})
+    assert code == 404
+    code, h = await call(jp_fetch, "GET", f"workers/{shared}/history")
+    assert code == 200 and h[0]["event"] == "launch" and h[-1]["model"] == before["model"]
+    if len([x for x in h if x["event"] != "failed"]) == 1:  # (this run's rollout test may have run before)
+        code, e = await call(jp_fetch, "POST", f"workers/{shared}/rollback")
+        assert code == 400 and "nothing to roll back to" in e["error"]
+    code, after = await call(jp_fetch, "GET", f"workers/{shared}")
+    assert [r["pid"] for r in after["replicas"]] == [r["pid"] for r in before["replicas"]]
+
+
+@pytest.mark.worker
 async def test_live_figures_and_the_worker_endpoint_through_the_lab(jp_fetch, shared, jp_serverapp, jp_base_url,
                                                                     jp_http_port):
     import openai
@@ -252,6 +280,27 @@ async def test_live_figures_and_the_worker_endpoint_through_the_lab(jp_fetch, sh
     assert len(chunks) > 2 and "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     code, m2 = await call(jp_fetch, "GET", f"workers/{shared}/metrics")
     assert m2["generation_tokens"] > m["generation_tokens"] and m2["tokens_per_s"] > 0
+    # two prompts that share a long beginning: the second goes where the first went (prefix affinity)
+    passage = "Answer from this passage of the reference. " * 20
+    for q in ("What is a list?", "What is a dict?"):
+        await client.completions.create(model=model, prompt=passage + q, max_tokens=1)
+    # the proxy's routing, counted for Prometheus, to the shared worker's replicas
+    code, text = await call(jp_fetch, "GET", "metrics")
+    assert code == 200
+    routed = [(labels["replica"], n) for labels, n in samples(text, "notelab_routed_requests_total")
+              if labels["worker"] == shared]
+    assert sum(n for _, n in routed) >= 2, text
+    assert set(u for u, _ in routed) <= {r["base_url"] for r in (await call(jp_fetch, "GET", f"workers/{shared}"))[1]["replicas"]}
+    affinity = {labels["result"]: n for labels, n in samples(text, "notelab_prefix_affinity_total")
+                if labels["worker"] == shared}
+    assert affinity.get("miss", 0) >= 1 and affinity.get("hit", 0) >= 1, affinity
+    # the Grafana dashboard in k8s/ asks for vLLM figures this vLLM serves
+    dash = json.loads((Path(__file__).parents[1] / "k8s/components/monitoring/notelab-dashboard.json").read_text())
+    replica = (await call(jp_fetch, "GET", f"workers/{shared}"))[1]["replicas"][0]["base_url"]
+    served = set(re.findall(r"^(vllm:\w+?)(?:_total|_bucket|_count|_sum)?[{ ]", httpx.get(replica[:-3] + "/metrics").text,
+                            re.M))
+    wanted = {m.removesuffix("_total") for m in re.findall(r"\b(vllm:\w+?)(?:_bucket)?\b", json.dumps(dash))}
+    assert wanted and wanted <= served, wanted - served
     with pytest.raises(openai.PermissionDeniedError):  # the lab's auth, before any worker is asked
         await openai.AsyncOpenAI(base_url=base, api_key="wrong").models.list()
     with pytest.raises(openai.NotFoundError):

@@ -1,6 +1,7 @@
 """Local workers: launch, faults, kill, scale, down. Real vLLM processes throughout."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import notelab
 from notelab.core import (EngineError, LimitError, PortInUseError, UnknownModelError, WorkerNameTakenError,
                           WorkerStartError)
+from notelab.settings import settings
 from notelab.workers import get_worker, launch_worker, list_workers, scale_worker, stop_worker, worker_logs
 
 from conftest import vllm_pids
@@ -159,3 +161,112 @@ def test_lifecycle_on_a_given_port_and_down_leaves_no_process():
     finally:
         if "life" in names():
             stop_worker("life")
+
+
+def _versions_of(name):
+    return sorted(r.model for r in get_worker(name).replicas)
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_update_and_rollback_lose_no_request(shared, tmp_path):
+    """The run's two-replica worker rolls to a second version of its model and back while clients stream through
+    notelab.connect and through the lab's proxy: no request fails, and the version in the answers switches over;
+    a failed update leaves the old version serving and says why. (On the shared worker: a third replica is what
+    this machine's memory holds besides, and nothing else runs while pytest runs this test.)"""
+    import httpx
+    from labserver import Lab
+
+    from notelab.models import MANIFEST, add_model, remove_model, resolve
+    from notelab.workers import rollback_worker, update_worker, worker_history
+
+    v1 = get_worker(shared).model
+    src = resolve(v1).path
+    d = tmp_path / "v2"  # the same weights as another version, told apart by a note
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns(MANIFEST), copy_function=os.link)
+    (d / "NOTE.txt").write_text("rollout test: a second version of the same weights\n")
+    v2 = add_model(d, name=v1.split("@")[0], show_progress=False).ref
+    assert v2 != v1
+    lab = None
+    try:
+        lab = Lab(tmp_path, tmp_path / "lab.log").start()
+        phase, seen, errors, stop = ["before"], [], [], threading.Event()
+        client = notelab.connect(shared)
+
+        def through_connect():
+            while not stop.is_set():
+                p = phase[0]
+                try:
+                    raw = client.completions.with_raw_response.create(model=client.model, prompt="Count: 1, 2,",
+                                                                     max_tokens=8, stream=True)
+                    text = "".join(c.choices[0].text for c in raw.parse() if c.choices)
+                    seen.append(("connect", p, raw.headers["x-notelab-model"], bool(text)))
+                except Exception as e:  # noqa: BLE001 - every failure is the finding
+                    errors.append(("connect", p, repr(e)))
+                stop.wait(0.3)  # a steady stream that leaves the two cores room to start replicas
+
+        def through_lab():
+            url = f"http://127.0.0.1:{lab.port}/notelab/workers/{shared}/v1/completions"
+            while not stop.is_set():
+                p = phase[0]
+                try:
+                    with httpx.stream("POST", url, headers=lab.auth, timeout=300, json={
+                            "model": client.model, "prompt": "Say a word:", "max_tokens": 8, "stream": True}) as r:
+                        body = r.read().decode()
+                    if r.status_code != 200 or "[DONE]" not in body:
+                        errors.append(("lab", p, r.status_code, body[-300:]))
+                    else:
+                        seen.append(("lab", p, r.headers["x-notelab-model"], True))
+                except Exception as e:  # noqa: BLE001
+                    errors.append(("lab", p, repr(e)))
+                stop.wait(0.3)
+
+        def answered(n):  # wait for n more answers through each client
+            have = {c: sum(1 for x in seen if x[0] == c) for c in ("connect", "lab")}
+            while any(sum(1 for x in seen if x[0] == c) < have[c] + n for c in have):
+                assert not errors, errors
+                time.sleep(0.2)
+
+        threads = [threading.Thread(target=f) for f in (through_connect, through_lab)]
+        for t in threads:
+            t.start()
+        try:
+            answered(2)
+            phase[0] = "updating"
+            w = update_worker(shared, v2, show_progress=False)
+            assert w.model == v2 and _versions_of(shared) == [v2, v2]
+            phase[0] = "updated"
+            answered(2)
+            phase[0] = "rolling back"
+            w = rollback_worker(shared, show_progress=False)
+            assert w.model == v1 and _versions_of(shared) == [v1, v1]
+            phase[0] = "rolled back"
+            answered(2)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(300)
+        assert errors == [], errors
+        by_phase = {p: {v for _, q, v, _ in seen if q == p} for p in ("before", "updated", "rolled back")}
+        assert by_phase == {"before": {v1}, "updated": {v2}, "rolled back": {v1}}, seen
+        assert all(ok for *_, ok in seen)
+
+        # a version that cannot start: the rollout stops at its first replica, and v1 serves as before
+        with pytest.raises(notelab.NotelabError, match=f"the update to {v1} stopped, and {v1} serves as before: .*"
+                                                      "(max_model_len|max-model-len)"):
+            update_worker(shared, extra_args=["--max-model-len", "1000000"], show_progress=False)
+        w = get_worker(shared, probe=False)
+        assert _versions_of(shared) == [v1, v1] and not any(r.draining for r in w.replicas)
+        assert {r.state for r in w.replicas} == {"ready"} and len(w.replicas) == 2
+        assert client.completions.create(model=client.model, prompt="Still here:", max_tokens=2).choices[0].text
+        events = [(h["event"], h["model"]) for h in worker_history(shared)][-4:]
+        assert events == [("launch", v1), ("update", v2), ("rollback", v1), ("failed", v1)]
+        assert "max" in worker_history(shared)[-1]["reason"]
+        r = subprocess.run([NOTELAB, "worker", "history", shared, "--json"], capture_output=True, text=True)
+        assert r.returncode == 0 and [h["event"] for h in json.loads(r.stdout)][-1] == "failed"
+    finally:
+        if lab:
+            lab.stop()
+        if get_worker(shared, probe=False).model != v1:  # leave the run's worker as it was
+            update_worker(shared, v1, show_progress=False)
+        remove_model(v2)

@@ -69,6 +69,17 @@ export interface IWorker {
   target?: 'local' | 'cluster';
   reason?: string;
   replicas: IReplica[];
+  history?: IHistoryEntry[];
+  update?: { state: 'rolling' | 'failed'; to: string; error: string | null } | null;
+}
+
+/** One line of what a worker served: its launch, an update, a rollback, or a failed update and why. */
+export interface IHistoryEntry {
+  event: 'launch' | 'update' | 'rollback' | 'failed';
+  model: string;
+  extra_args?: string[];
+  at: string;
+  reason?: string;
 }
 
 /** `?target=cluster` for a cluster worker's calls (local is the default). */
@@ -83,6 +94,8 @@ export interface IMetrics {
   waiting: number;
   kv_cache: number | null;
   tokens_per_s: number | null;
+  replicas: { index: number; state: string; inflight?: number }[];
+  routing: { requests: number; retries: number; failovers: number; hit: number; spill: number; miss: number } | null;
 }
 
 export interface IModel {

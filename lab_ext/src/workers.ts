@@ -3,7 +3,7 @@
 import { Clipboard, Dialog, MainAreaWidget, Notification, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
-import { ApiError, fetchApi, getRules, IMetrics, IModel, IWorker, labUrl, postJson, requestApi, targetQuery } from './api';
+import { ApiError, fetchApi, getRules, IHistoryEntry, IMetrics, IModel, IWorker, labUrl, postJson, requestApi, targetQuery } from './api';
 import { fmt, h, LivePanel, row } from './dom';
 
 export class WorkersPanel extends LivePanel {
@@ -153,6 +153,13 @@ export class WorkersPanel extends LivePanel {
       ? h('div', { class: 'nl-figures', 'data-testid': 'figures' },
         `running ${m.running} · waiting ${m.waiting} · ${fmt(m.tokens_per_s)} tok/s · KV ${m.kv_cache === null ? '–' : fmt(100 * m.kv_cache, 0) + '%'}`)
       : null;
+    // the lab proxy's own routing: requests in flight per replica, and how often a prompt found its prefix's replica
+    const r = live && m && m.routing ? m.routing : null;
+    const routing = r
+      ? h('div', { class: 'nl-figures nl-dim', 'data-testid': 'routing' },
+        `in flight ${m!.replicas.map(x => `#${x.index} ${x.inflight ?? 0}`).join(' ')} · ` +
+        `prefix hits ${r.hit} of ${r.hit + r.spill + r.miss} · failovers ${r.failovers}`)
+      : null;
     const act = (label: string, fn: () => void, enabled = true) =>
       h('button', { class: 'jp-mod-styled nl-small', onclick: fn, disabled: !enabled, 'data-action': label }, label);
     return h(
@@ -164,10 +171,18 @@ export class WorkersPanel extends LivePanel {
       w.endpoint ? h('div', { class: 'nl-dim nl-mono' }, w.endpoint) : null,
       w.error ? h('div', { class: 'nl-error' }, w.error) : null,
       figures,
+      routing,
+      w.update
+        ? h('div', { class: w.update.state === 'failed' ? 'nl-error' : 'nl-dim', 'data-testid': 'update' },
+          w.update.state === 'failed' ? `update to ${w.update.to} failed: ${w.update.error}` : `updating to ${w.update.to}…`)
+        : null,
       h('div', { class: 'nl-actions' },
         act('logs', () => this.openLogs(w), w.replicas.length > 0),
         act('snippet', () => this.copySnippet(w), live),
         act('scale', () => void this.scale(w), w.replicas.length > 0),
+        w.target !== 'cluster' ? act('update', () => void this.updateWorker(w), live && w.update?.state !== 'rolling') : null,
+        w.target !== 'cluster' ? act('rollback', () => void this.rollback(w), live && (w.history?.length ?? 0) > 1 && w.update?.state !== 'rolling') : null,
+        w.target !== 'cluster' ? act('history', () => void this.history(w), (w.history?.length ?? 0) > 0) : null,
         act('stop', () => void this.stop(w)))
     );
   }
@@ -202,6 +217,55 @@ export class WorkersPanel extends LivePanel {
       Notification.error(`Scale ${w.name}: ${(e as Error).message}`);
     }
     await this.refresh();
+  }
+
+  /** Roll a worker to another version of its model: one replica at a time, no request lost. */
+  private async updateWorker(w: IWorker): Promise<void> {
+    const base = w.model.split('@')[0];
+    const versions = (await requestApi<IModel[]>('models')).filter(m => m.name === base && m.ref !== w.model);
+    if (!versions.length) {
+      Notification.info(`${base} has no other version in the store (notelab models add PATH --name ${base})`);
+      return;
+    }
+    const select = h('select', { name: 'version' }, ...versions.sort((a, b) => b.version - a.version).map(m => h('option', { value: m.ref }, m.ref)));
+    const body = new Widget({ node: h('div', {}, row('Version', select, `now ${w.model}`)) });
+    const r = await showDialog({ title: `Update ${w.name}`, body, buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Update' })] });
+    if (!r.button.accept) {
+      return;
+    }
+    try {
+      await postJson(`workers/${encodeURIComponent(w.name)}/update`, { model: select.value });
+    } catch (e) {
+      Notification.error(`Update ${w.name}: ${(e as Error).message}`);
+    }
+    await this.refresh();
+  }
+
+  private async rollback(w: IWorker): Promise<void> {
+    const served = (w.history ?? []).filter(e => e.event !== 'failed');
+    const prev = served.length > 1 ? served[served.length - 2].model : '?';
+    const r = await showDialog({
+      title: `Roll ${w.name} back?`, body: `From ${w.model} to ${prev}, one replica at a time.`,
+      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Roll back' })]
+    });
+    if (!r.button.accept) {
+      return;
+    }
+    try {
+      await postJson(`workers/${encodeURIComponent(w.name)}/rollback`, {});
+    } catch (e) {
+      Notification.error(`Roll back ${w.name}: ${(e as Error).message}`);
+    }
+    await this.refresh();
+  }
+
+  private async history(w: IWorker): Promise<void> {
+    const rows = await requestApi<IHistoryEntry[]>(`workers/${encodeURIComponent(w.name)}/history`);
+    const table = h('table', { class: 'nl-table', 'data-testid': 'history' },
+      h('tr', {}, ...['at', 'event', 'model', 'vLLM arguments', 'reason'].map(c => h('th', {}, c))),
+      ...rows.map(e => h('tr', { class: e.event === 'failed' ? 'nl-error' : '' },
+        ...[e.at, e.event, e.model, (e.extra_args ?? []).join(' '), e.reason ?? ''].map(c => h('td', {}, c)))));
+    await showDialog({ title: `${w.name}: history`, body: new Widget({ node: table }), buttons: [Dialog.okButton()] });
   }
 
   private async stop(w: IWorker): Promise<void> {

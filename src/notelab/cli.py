@@ -23,9 +23,10 @@ from .core import NotelabError, use_progress
 # %% auto #0
 __all__ = ['app', 'models_app', 'worker_app', 'out', 'err', 'rag_app', 'runs_app', 'agents_app', 'settings_cmd', 'models_pull',
            'models_add', 'models_ls', 'models_rm', 'worker_up', 'worker_ls', 'worker_logs_cmd', 'worker_scale',
-           'worker_down', 'worker_env', 'rag_ingest', 'rag_ls', 'rag_rm', 'rag_drop', 'rag_search', 'rag_ask',
-           'rag_eval', 'rag_corpus', 'chat', 'run_cmd', 'sweep_cmd', 'compare_cmd', 'runs_ls', 'runs_show',
-           'runs_cancel', 'runs_logs', 'agents_check', 'agents_run', 'lab_extension_path', 'lab_cmd', 'main']
+           'worker_update', 'worker_rollback', 'worker_history_cmd', 'worker_down', 'worker_env', 'rag_ingest',
+           'rag_ls', 'rag_rm', 'rag_drop', 'rag_search', 'rag_ask', 'rag_eval', 'rag_corpus', 'chat', 'run_cmd',
+           'sweep_cmd', 'compare_cmd', 'runs_ls', 'runs_show', 'runs_cancel', 'runs_logs', 'agents_check', 'agents_run',
+           'lab_extension_path', 'lab_cmd', 'main']
 
 # %% ../../nbs/06_cli.ipynb #ec54a04e
 app = typer.Typer(help="notelab: vLLM workers, agents, RAG and tracked experiments for notebooks.",
@@ -112,7 +113,9 @@ def models_rm(ref: str = typer.Argument(..., help="name@version to delete.")):
 def _worker_rows(ws):
     rows = []
     for w in ws:
-        reps = ", ".join(f"{r.index}:{r.port}/{r.pid} {r.state}" for r in w.replicas)
+        # during an update, replicas of another version say which, and one being replaced says draining
+        reps = ", ".join(f"{r.index}:{r.port}/{r.pid} {r.state}" + (f" {r.model}" if r.model not in ("", w.model) else "")
+                         + (" draining" if r.draining else "") for r in w.replicas)
         rows.append([w.name, w.model, w.state, w.endpoint or "", reps])
     return rows
 
@@ -248,6 +251,73 @@ def worker_scale(name: str = typer.Argument(..., help="Worker name."),
 
     w = scale_worker(name, replicas)
     out.print(f"worker {w.name}: {len(w.replicas)} replica(s), {w.state}")
+
+
+@worker_app.command("update", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker_update(ctx: typer.Context, name: str = typer.Argument(..., help="Worker name."),
+                  model: Optional[str] = typer.Option(None, help="The version to serve: MODEL@VERSION of its model."),
+                  surge: int = typer.Option(1, help="Local: replicas replaced at a time (each batch starts first)."),
+                  target: str = typer.Option("local", help="local or cluster (the Deployment's rolling update)."),
+                  as_json: bool = typer.Option(False, "--json", help="Print the worker as JSON.")):
+    """Roll a worker to another version of its model (or, after `--`, other vLLM arguments), one replica at a
+    time: a new replica starts, takes traffic once healthy, and an old one drains and stops. No request fails."""
+    from notelab.workers import update_worker
+
+    extra = list(ctx.args) if ctx.args else None
+    if _target(target) == "cluster":
+        from notelab.cluster import ClusterWorkers
+
+        cw = ClusterWorkers().update(name, model, extra)
+        return out.print(f"cluster worker {cw.name}: rolling to {cw.model} ({cw.state}); "
+                         f"follow it with `notelab worker ls --target cluster`")
+    w = update_worker(name, model, extra_args=extra, surge=surge)
+    if as_json:
+        return _json(w.to_dict())
+    out.print(f"[green]worker {w.name} updated[/]: {w.model}, {len(w.replicas)} replica(s), {w.state}")
+    out.print(f"  back to the version before: `notelab worker rollback {w.name}`")
+
+
+@worker_app.command("rollback")
+def worker_rollback(name: str = typer.Argument(..., help="Worker name."),
+                    surge: int = typer.Option(1, help="Local: replicas replaced at a time."),
+                    target: str = typer.Option("local", help="local or cluster."),
+                    as_json: bool = typer.Option(False, "--json", help="Print the worker as JSON.")):
+    "Roll a worker back to the version (and vLLM arguments) it served before the current one, as `update` does."
+    from notelab.workers import rollback_worker
+
+    if _target(target) == "cluster":
+        from notelab.cluster import ClusterWorkers
+
+        cw = ClusterWorkers().rollback(name)
+        return out.print(f"cluster worker {cw.name}: rolling back to {cw.model} ({cw.state})")
+    w = rollback_worker(name, surge=surge)
+    if as_json:
+        return _json(w.to_dict())
+    out.print(f"[green]worker {w.name} rolled back[/]: {w.model}, {len(w.replicas)} replica(s), {w.state}")
+
+
+@worker_app.command("history")
+def worker_history_cmd(name: str = typer.Argument(..., help="Worker name."),
+                       target: str = typer.Option("local", help="local or cluster."),
+                       as_json: bool = typer.Option(False, "--json", help="Print the history as JSON.")):
+    "What a worker served and when: its launch, updates, rollbacks, and failed updates with the reason."
+    from notelab.workers import worker_history
+
+    if _target(target) == "cluster":
+        from notelab.cluster import ClusterWorkers
+
+        rows = ClusterWorkers().history(name)
+    else:
+        rows = worker_history(name)
+    if as_json:
+        return _json(rows)
+    t = Table(title=f"worker {name}")
+    for c in ("at", "event", "model", "vLLM arguments", "reason"):
+        t.add_column(c)
+    for h in rows:
+        t.add_row(h["at"], h["event"], h["model"], " ".join(h.get("extra_args", [])), h.get("reason", ""),
+                  style="red" if h["event"] == "failed" else None)
+    out.print(t)
 
 
 @worker_app.command("down")

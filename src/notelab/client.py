@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import httpx2
@@ -17,33 +19,132 @@ import openai
 from .core import NoReplicaError, WorkerNotFoundError, note_use, progress
 from .models import parse_ref
 from .settings import settings
-from .workers import get_worker, list_workers
+from .workers import get_worker, list_workers, record_stamp
 
 # %% auto #0
-__all__ = ['ReplicaPool', 'RoutingTransport', 'AsyncRoutingTransport', 'AsyncClient', 'Client', 'connect']
+__all__ = ['PrefixIndex', 'prompt_text', 'routing_metrics', 'ReplicaPool', 'RoutingTransport', 'AsyncRoutingTransport',
+           'AsyncClient', 'Client', 'connect']
+
+# %% ../../nbs/05_client.ipynb #02bdb038
+class PrefixIndex:
+    "For chained hashes of a prompt's leading blocks, the replica that served them last (at most `capacity`)."
+
+    def __init__(self, block: int = 256, max_blocks: int = 64, capacity: int = 200_000):
+        from collections import OrderedDict
+
+        self.block, self.max_blocks, self.capacity = block, max_blocks, capacity
+        self._home: OrderedDict[int, str] = OrderedDict()
+
+    def hashes(self, text: str) -> list[int]:
+        "Chained hashes of the full leading blocks of `text` (a block's hash covers every block before it)."
+        out, h, b = [], 0, self.block
+        for i in range(min(len(text) // b, self.max_blocks)):
+            h = hash((h, text[i * b:(i + 1) * b]))
+            out.append(h)
+        return out
+
+    def match(self, hashes: list[int], among) -> tuple[str | None, int]:
+        "The replica (one of `among`) that served the longest leading run of `hashes`, and that run's length."
+        for depth in range(len(hashes), 0, -1):
+            url = self._home.get(hashes[depth - 1])
+            if url is not None and url in among:
+                return url, depth
+        return None, 0
+
+    def record(self, hashes: list[int], url: str) -> None:
+        for h in hashes:
+            self._home[h] = url
+            self._home.move_to_end(h)
+        while len(self._home) > self.capacity:
+            self._home.popitem(last=False)
+
+# %% ../../nbs/05_client.ipynb #2350542f
+def prompt_text(body: bytes | None) -> str | None:
+    "The leading text of an OpenAI completion or chat request body, for prefix affinity (None: not one)."
+    import json
+
+    if not body or body[:1] != b"{":
+        return None
+    try:
+        req = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(msgs := req.get("messages"), list):
+        parts = []
+        for m in msgs:
+            if not isinstance(m, dict):
+                continue
+            c = m.get("content")
+            if isinstance(c, list):
+                c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
+            parts.append(f"{m.get('role', '')}\n{c if isinstance(c, str) else ''}\n")
+        return "".join(parts)
+    p = req.get("prompt")
+    if isinstance(p, list) and p and isinstance(p[0], str):
+        p = p[0]
+    return p if isinstance(p, str) else None
+
+# %% ../../nbs/05_client.ipynb #1e1730e6
+@functools.cache
+def routing_metrics() -> SimpleNamespace:
+    "notelab's routing metrics, created once per process in a registry of their own (`.registry`)."
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+    wr, reg = ["worker", "replica"], CollectorRegistry()
+    return SimpleNamespace(
+        registry=reg,
+        requests=Counter("notelab_routed_requests", "Requests routed to a replica", wr, registry=reg),
+        retries=Counter("notelab_route_retries", "Requests sent again after a replica failed", wr, registry=reg),
+        failovers=Counter("notelab_route_failovers", "Requests answered by another replica after a failure",
+                          ["worker"], registry=reg),
+        inflight=Gauge("notelab_inflight_requests", "Requests in flight to a replica", wr, registry=reg),
+        affinity=Counter("notelab_prefix_affinity", "Requests with a prompt, by result: hit (routed to the replica "
+                         "holding its prefix), spill (that replica was loaded), miss (no replica held it)",
+                         ["worker", "result"], registry=reg))
 
 # %% ../../nbs/05_client.ipynb #a8577c25
 class ReplicaPool:
-    "The live replicas of one worker, their requests in flight, and which are marked down."
+    "The live replicas of one worker, their requests in flight, which are marked down, and where prefixes live."
 
-    def __init__(self, worker: str, refresh_every: float = 5.0, down_for: float = 3.0):
+    def __init__(self, worker: str, refresh_every: float = 5.0, down_for: float = 3.0, policy: str | None = None,
+                 replicas: Sequence[tuple[str, str]] | None = None):
+        "`replicas`, as (base URL, key) pairs, fixes the replicas instead of reading the worker's from the registry."
+        r = settings().routing
         self.worker, self.refresh_every, self.down_for = worker, refresh_every, down_for
+        self.policy, self.load_bound = policy or r.policy, r.load_bound
+        if self.policy not in ("prefix", "least"):
+            raise ValueError(f"policy={self.policy!r}: use prefix or least")
+        self.prefixes = PrefixIndex(block=r.prefix_block)
         self._lock = threading.Lock()
         self._inflight: dict[str, int] = {}
         self._down: dict[str, float] = {}
         self._rr = itertools.count()
-        self.refresh()
+        self._counts = {"requests": 0, "retries": 0, "failovers": 0, "hit": 0, "spill": 0, "miss": 0}
+        self._m = routing_metrics()
+        self._fixed = replicas is not None
+        if replicas is None:
+            self.refresh()
+        else:
+            self.model = self.model_ref = worker
+            self.served_names, self._replicas, self._versions = [worker], list(replicas), {}
+            self._loaded, self.refresh_every = time.monotonic(), float("inf")
 
     def refresh(self) -> None:
-        "Re-read the worker's replicas from the registry."
+        "Re-read the worker's replicas from the registry (draining ones, being replaced, get nothing new)."
+        stamp = record_stamp(self.worker)
         w = get_worker(self.worker, probe=False)
-        live = [r for r in w.replicas if r.state not in ("dead", "failed")]
+        live = [r for r in w.replicas if r.state not in ("dead", "failed") and not r.draining]
         ready = [r for r in live if r.state == "ready"]  # leave replicas that are still starting alone
         reps = [(r.base_url, r.api_key) for r in (ready or live)]
         with self._lock:
             self.model, self.served_names, self._replicas = w.served_names[0], w.served_names, reps
             self.model_ref = w.model  # name@version in the model store
-            self._loaded = time.monotonic()
+            self._versions = {r.base_url: r.model or w.model for r in w.replicas}
+            self._loaded, self._stamp = time.monotonic(), stamp
+
+    def version(self, url: str) -> str:
+        "The model version (name@version) the replica at `url` serves."
+        return self._versions.get(url, self.model_ref)
 
     @property
     def replicas(self) -> list[str]:
@@ -54,33 +155,72 @@ class ReplicaPool:
         with self._lock:
             return {u: self._inflight.get(u, 0) for u, _ in self._replicas}
 
-    def acquire(self, exclude: set[str] = frozenset()) -> tuple[str, str] | None:
-        "Pick the replica with the fewest requests in flight (not excluded, not marked down) and count one more."
-        if time.monotonic() - self._loaded > self.refresh_every:
+    def stats(self) -> dict:
+        "Counts since this pool opened: requests, retries, failovers, affinity hit/spill/miss; and in flight."
+        with self._lock:
+            return {**self._counts, "inflight": {u: self._inflight.get(u, 0) for u, _ in self._replicas}}
+
+    def acquire(self, exclude: set[str] = frozenset(), prompt: str | None = None) -> tuple[str, str] | None:
+        """Pick a replica (not excluded, not marked down) and count one more request on it: with a `prompt` and
+        the prefix policy, the one that served its longest leading run, within the load bound; else the one
+        with the fewest requests in flight (ties rotate)."""
+        if not self._fixed and (time.monotonic() - self._loaded > self.refresh_every
+                                or record_stamp(self.worker) != self._stamp):  # changed: scaled, updated
             try:
                 self.refresh()
             except WorkerNotFoundError:
                 pass
         now = time.monotonic()
+        hashes = self.prefixes.hashes(prompt) if prompt and self.policy == "prefix" else []
         with self._lock:
             cands = [r for r in self._replicas if r[0] not in exclude]
             up = [r for r in cands if self._down.get(r[0], 0) <= now]
             cands = up or cands  # when every replica is marked down, try them anyway
             if not cands:
                 return None
-            k = next(self._rr)
-            n = len(cands)
-            url, key = min((cands[(k + i) % n] for i in range(n)), key=lambda r: self._inflight.get(r[0], 0))
+            load = lambda r: self._inflight.get(r[0], 0)  # noqa: E731
+            pick, result = None, None
+            if hashes:
+                keys = dict(cands)
+                home, _ = self.prefixes.match(hashes, keys)
+                if home is None:
+                    result = "miss"
+                else:
+                    total = sum(map(load, cands)) + 1
+                    result = "hit" if self._inflight.get(home, 0) + 1 <= -(-self.load_bound * total // len(cands)) \
+                        else "spill"
+                    pick = (home, keys[home]) if result == "hit" else None
+            if pick is None:
+                k, n = next(self._rr), len(cands)
+                pick = min((cands[(k + i) % n] for i in range(n)), key=load)
+            url = pick[0]
+            if hashes:
+                self.prefixes.record(hashes, url)
+                self._counts[result] += 1
+                self._m.affinity.labels(self.worker, result).inc()
             self._inflight[url] = self._inflight.get(url, 0) + 1
-            return url, key
+            self._counts["requests"] += 1
+        self._m.requests.labels(self.worker, url).inc()
+        self._m.inflight.labels(self.worker, url).inc()
+        return pick
 
     def release(self, url: str) -> None:
         with self._lock:
             self._inflight[url] = max(0, self._inflight.get(url, 0) - 1)
+        self._m.inflight.labels(self.worker, url).dec()
 
     def mark_down(self, url: str) -> None:
+        "`url` failed a request: count a retry and keep it out of picks for `down_for` seconds."
         with self._lock:
             self._down[url] = time.monotonic() + self.down_for
+            self._counts["retries"] += 1
+        self._m.retries.labels(self.worker, url).inc()
+
+    def failed_over(self) -> None:
+        "A request succeeded on another replica after one failed."
+        with self._lock:
+            self._counts["failovers"] += 1
+        self._m.failovers.labels(self.worker).inc()
 
 # %% ../../nbs/05_client.ipynb #561bb9a3
 _RETRY = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.RemoteProtocolError, httpx2.ReadError)
@@ -93,6 +233,15 @@ def _route(request: httpx2.Request, base_url: str, key: str) -> httpx2.Request:
     headers["host"] = f"{target.host}:{target.port}"
     headers["authorization"] = f"Bearer {key}"
     return httpx2.Request(request.method, url, headers=headers, stream=request.stream, extensions=request.extensions)
+
+
+def _prompt(pool: ReplicaPool, request: httpx2.Request) -> str | None:
+    if pool.policy != "prefix" or request.method != "POST":
+        return None
+    try:
+        return prompt_text(request.content)
+    except httpx2.RequestNotRead:  # a streamed upload: no prompt to match
+        return None
 
 
 def _no_replica(pool: ReplicaPool, tried: set[str], last: Exception | None) -> NoReplicaError:
@@ -145,8 +294,8 @@ class RoutingTransport(httpx2.BaseTransport):
         self.pool, self.inner = pool, httpx2.HTTPTransport(limits=_LIMITS)
 
     def handle_request(self, request):
-        tried, last = set(), None
-        while (pick := self.pool.acquire(tried)) is not None:
+        tried, last, prompt = set(), None, _prompt(self.pool, request)
+        while (pick := self.pool.acquire(tried, prompt)) is not None:
             url, key = pick
             try:
                 resp = self.inner.handle_request(_route(request, url, key))
@@ -159,7 +308,11 @@ class RoutingTransport(httpx2.BaseTransport):
             except BaseException:
                 self.pool.release(url)
                 raise
-            return httpx2.Response(resp.status_code, headers=resp.headers, extensions=resp.extensions,
+            if tried:
+                self.pool.failed_over()
+            headers = httpx2.Headers(resp.headers)
+            headers["x-notelab-model"] = self.pool.version(url)  # which version answered (during a rollout, both)
+            return httpx2.Response(resp.status_code, headers=headers, extensions=resp.extensions,
                                    stream=_Released(resp.stream, lambda: self.pool.release(url)))
         raise _no_replica(self.pool, tried, last)
 
@@ -174,8 +327,8 @@ class AsyncRoutingTransport(httpx2.AsyncBaseTransport):
         self.pool, self.inner = pool, httpx2.AsyncHTTPTransport(limits=_LIMITS)
 
     async def handle_async_request(self, request):
-        tried, last = set(), None
-        while (pick := self.pool.acquire(tried)) is not None:
+        tried, last, prompt = set(), None, _prompt(self.pool, request)
+        while (pick := self.pool.acquire(tried, prompt)) is not None:
             url, key = pick
             try:
                 resp = await self.inner.handle_async_request(_route(request, url, key))
@@ -188,7 +341,11 @@ class AsyncRoutingTransport(httpx2.AsyncBaseTransport):
             except BaseException:
                 self.pool.release(url)
                 raise
-            return httpx2.Response(resp.status_code, headers=resp.headers, extensions=resp.extensions,
+            if tried:
+                self.pool.failed_over()
+            headers = httpx2.Headers(resp.headers)
+            headers["x-notelab-model"] = self.pool.version(url)  # which version answered (during a rollout, both)
+            return httpx2.Response(resp.status_code, headers=headers, extensions=resp.extensions,
                                    stream=_AReleased(resp.stream, lambda: self.pool.release(url)))
         raise _no_replica(self.pool, tried, last)
 

@@ -74,6 +74,7 @@ class ClusterWorkerSpec:
     hf_token_secret: str | None = None  # a Secret with key HF_TOKEN, for gated Hugging Face models
     cache_claim: str = "notelab-model-cache"
     autoscale: dict | None = None  # {"min": 1, "max": 4, "waiting": 5, "prometheus": URL}: a KEDA ScaledObject
+    history: list | None = None  # what it served before (kept by `update` and `rollback`)
 
     def __post_init__(self):
         s = settings()
@@ -136,14 +137,23 @@ def render_worker(spec: ClusterWorkerSpec) -> list[dict]:
                                 {"name": "models", "persistentVolumeClaim": {"claimName": spec.cache_claim}}]}}
     if spec.gpus:
         pod["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    saved = {k: getattr(spec, k) for k in ("model", "gpus", "extra_args", "cpu", "memory", "shm", "hf_token_secret",
+                                            "cache_claim")}
     meta = {"name": spec.name, "namespace": ns, "labels": lab,
-            "annotations": {"notelab.dev/model": spec.model, "notelab.dev/gpus-per-replica": str(spec.gpus)}}
+            "annotations": {"notelab.dev/model": spec.model, "notelab.dev/gpus-per-replica": str(spec.gpus),
+                            "notelab.dev/spec": json.dumps(saved),  # what `update` changes, and keeps
+                            "notelab.dev/history": json.dumps(spec.history or [
+                                {"event": "launch", "model": spec.model, "extra_args": spec.extra_args,
+                                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])}}
     objs = [
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{spec.name}-key", "namespace": ns, "labels": lab},
          "type": "Opaque", "stringData": {"api-key": secrets.token_urlsafe(24)}},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
          "spec": {"replicas": spec.replicas, "selector": {"matchLabels": lab}, "template": pod,
-                  "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}},
+                  # an update starts a new pod before it stops an old one, and only a ready pod counts: no request
+                  # goes unserved, and a version that never becomes ready stalls the rollout with the old pods serving
+                  "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                  "progressDeadlineSeconds": 1800}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": spec.name, "namespace": ns, "labels": lab},
          "spec": {"type": "ClusterIP", "selector": lab, "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]}},
     ]
@@ -416,6 +426,57 @@ class ClusterWorkers:
         self._call(f"scale {name}", self.apps.patch_namespaced_deployment_scale, name, self.namespace,
                    {"spec": {"replicas": replicas}})
         return self.get(name)
+
+    def _ours_deployment(self, name: str):
+        d = self._call(f"worker {name}", self.apps.read_namespaced_deployment, name, self.namespace)
+        if not _ours(d):
+            raise WorkerNotFoundError(f"{name!r} in namespace {self.namespace!r} is not a worker notelab launched")
+        return d
+
+    def history(self, name: str) -> list[dict]:
+        "What a cluster worker served and when (launch, updates, rollbacks), from its Deployment."
+        ann = self._ours_deployment(name).metadata.annotations or {}
+        return json.loads(ann.get("notelab.dev/history", "[]"))
+
+    def update(self, name: str, model: str | None = None, extra_args: list[str] | None = None, *,
+               event: str = "update") -> ClusterWorker:
+        """Roll a worker to another version of its model and/or other engine arguments: the Deployment's rolling
+        update (one surge pod at a time, none unavailable, the readiness probe as the gate; on GPUs the surge pod
+        needs a free GPU). A version that never becomes ready stalls with the old pods serving, and the worker's
+        state says why; `rollback` returns to the version before."""
+        d = self._ours_deployment(name)
+        ann = d.metadata.annotations or {}
+        saved = json.loads(ann.get("notelab.dev/spec", "{}")) or {"model": ann.get("notelab.dev/model", ""),
+                                                                   "gpus": int(ann.get("notelab.dev/gpus-per-replica", 0))}
+        if model is None and extra_args is None:
+            raise NotelabError("say what to update to: a version of the worker's model (NAME@VERSION) and/or "
+                               "engine arguments")
+        if model is not None and "@" in saved["model"]:
+            if "@" not in model or parse_ref(model)[0] != parse_ref(saved["model"])[0]:
+                raise NotelabError(f"worker {name!r} serves {saved['model']}: update it to another version of "
+                                   f"{parse_ref(saved['model'])[0]} (NAME@VERSION), or launch a worker for {model}")
+        to = {**saved, "model": model or saved["model"],
+              "extra_args": [str(a) for a in (saved.get("extra_args", []) if extra_args is None else extra_args)]}
+        if to == saved:
+            raise NotelabError(f"worker {name!r} already serves {saved['model']} with these engine arguments")
+        history = json.loads(ann.get("notelab.dev/history", "[]"))
+        history.append({"event": event, "model": to["model"], "extra_args": to["extra_args"],
+                        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        spec = ClusterWorkerSpec(name, replicas=max(1, d.spec.replicas or 1), namespace=self.namespace,
+                                 history=history, **to)
+        dep = next(o for o in render_worker(spec) if o["kind"] == "Deployment")
+        dep["spec"]["replicas"] = d.spec.replicas  # as scaled (by hand or by KEDA), not as launched
+        validate([dep])
+        self._apply(dep)
+        return self.get(name)
+
+    def rollback(self, name: str) -> ClusterWorker:
+        "Roll a worker back to the version (and engine arguments) it served before the current one."
+        served = self.history(name)
+        if len(served) < 2:
+            raise NotelabError(f"worker {name!r} has served only one version: there is nothing to roll back to")
+        prev = served[-2]
+        return self.update(name, prev["model"], prev["extra_args"], event="rollback")
 
     def stop(self, name: str) -> None:
         "Delete a worker's autoscaler (if any), Deployment (its pods go with it), Service and key."

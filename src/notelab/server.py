@@ -22,9 +22,9 @@ from .settings import settings
 # %% auto #0
 __all__ = ['OPENAI_PATHS', 'ROUTES', 'field', 'cluster_spec', 'cluster', 'cluster_json', 'parse_vllm_metrics', 'worker_metrics',
            'LabService', 'compare_json', 'check_generation', 'mlflow_proxy', 'ModelsHandler', 'RulesHandler',
-           'WorkersHandler', 'WorkerHandler', 'ScaleHandler', 'LogsHandler', 'MetricsHandler', 'ParamsHandler',
-           'RunsHandler', 'RunHandler', 'CancelHandler', 'CompareHandler', 'SweepsHandler', 'WorkerProxyHandler',
-           'NotelabApp']
+           'PrometheusHandler', 'WorkersHandler', 'WorkerHandler', 'ScaleHandler', 'UpdateHandler', 'RollbackHandler',
+           'HistoryHandler', 'LogsHandler', 'MetricsHandler', 'ParamsHandler', 'RunsHandler', 'RunHandler',
+           'CancelHandler', 'CompareHandler', 'SweepsHandler', 'WorkerProxyHandler', 'NotelabApp']
 
 # %% ../../nbs/17_server.ipynb #ec1cad0b
 def field(body: dict, name: str, kind, default=None, *, required: bool = False, check=None, hint: str = ""):
@@ -95,8 +95,9 @@ def parse_vllm_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def worker_metrics(name: str, last: dict | None = None) -> dict:
-    "Live figures of a local worker: per replica, and summed; `last` keeps the previous read for tokens/s."
+def worker_metrics(name: str, last: dict | None = None, routing: dict | None = None) -> dict:
+    """Live figures of a local worker: per replica, and summed; `last` keeps the previous read for tokens/s;
+    `routing` (a `ReplicaPool.stats()`) adds the lab proxy's requests in flight per replica and its affinity counts."""
     import httpx
 
     from notelab.workers import get_worker
@@ -105,6 +106,8 @@ def worker_metrics(name: str, last: dict | None = None) -> dict:
     replicas = []
     for r in w.replicas:
         row = {"index": r.index, "state": r.state}
+        if routing is not None:
+            row["inflight"] = routing["inflight"].get(r.base_url, 0)
         if r.state == "ready":
             try:
                 row.update(parse_vllm_metrics(httpx.get(r.base_url[:-3] + "/metrics", timeout=2).text))
@@ -120,7 +123,8 @@ def worker_metrics(name: str, last: dict | None = None) -> dict:
     return {"name": name, "state": w.state, "endpoint": w.endpoint,
             "running": int(sum(r["running"] for r in live)), "waiting": int(sum(r["waiting"] for r in live)),
             "kv_cache": max((r["kv_cache"] for r in live), default=None), "tokens_per_s": rate,
-            "generation_tokens": int(tokens), "replicas": replicas}
+            "generation_tokens": int(tokens), "replicas": replicas,
+            "routing": None if routing is None else {k: v for k, v in routing.items() if k != "inflight"}}
 
 # %% ../../nbs/17_server.ipynb #f07a0388
 class LabService:
@@ -136,6 +140,8 @@ class LabService:
         self.launches: dict[str, dict] = {}  # name -> {"state": "starting"|"failed", "error": ..., "model": ...}
         self.started: dict = {}  # run id -> RunHandle of the runs and sweeps this lab started
         self.routers: dict = {}  # worker -> httpx2.AsyncClient over its replica pool (see `router`)
+        self.pools: dict = {}  # worker -> that ReplicaPool, whose figures the Workers panel shows
+        self.updates: dict[str, dict] = {}  # worker -> {"state": "rolling"|"failed", "to": ref, "error": ...}
         self.last_read: dict = {}  # worker -> (time, generated tokens) of the previous figures
 
     # -- workers -------------------------------------------------------------------------------------
@@ -210,7 +216,9 @@ class LabService:
         "Registered workers (with live state), launches still starting or failed, and the cluster's workers."
         from notelab.workers import list_workers
 
-        out = [{**w.to_dict(), "target": "local"} for w in list_workers()]
+        with self.lock:
+            updates = dict(self.updates)
+        out = [{**w.to_dict(), "target": "local", "update": updates.get(w.name)} for w in list_workers()]
         have = {w["name"] for w in out}
         with self.lock:
             out += [{"name": n, "model": l["model"], "state": l["state"], "error": l["error"], "replicas": [],
@@ -248,8 +256,71 @@ class LabService:
             return {"name": w.name, "state": w.state, "desired": w.replicas, "target": "cluster"}
         return scale_worker(name, n, show_progress=False).to_dict()
 
+    def update(self, name: str, body: dict, rollback: bool = False) -> dict:
+        """Check an update (another version of the worker's model, other engine arguments) or a rollback, then roll
+        it in a thread: the worker keeps serving, and GET /workers shows `update` (rolling, or failed and why)."""
+        from notelab.engine import check_extra_args
+        from notelab.models import resolve
+        from notelab.workers import get_worker, rollback_worker, update_worker, worker_history
+
+        check_worker_name(name)
+        w = get_worker(name, probe=False)  # 404 for no such worker
+        if rollback:
+            served = [h for h in worker_history(name) if h["event"] != "failed"]
+            if len(served) < 2:
+                raise InvalidInput("name", f"worker {name!r} has served only {w.model}: nothing to roll back to")
+            model, extra = served[-2]["model"], None
+            go = lambda: rollback_worker(name, show_progress=False)  # noqa: E731
+        else:
+            model = field(body, "model", str, None)
+            extra = field(body, "extra_args", list, None, check=lambda xs: all(isinstance(x, str) for x in xs),
+                          hint="a list of vLLM arguments, as strings")
+            if model is None and extra is None:
+                raise InvalidInput("model", "give model (a version of the worker's model) and/or extra_args")
+            if model is not None:
+                try:
+                    mv = resolve(model)
+                except NotelabError as e:
+                    raise InvalidInput("model", str(e)) from None
+                if mv.name != w.model.split("@")[0]:
+                    raise InvalidInput("model", f"worker {name!r} serves {w.model.split('@')[0]}: update it to a "
+                                                f"version of that model, or launch a worker for {mv.name}")
+                model = mv.ref
+            if extra is not None:
+                try:
+                    check_extra_args(extra)
+                except NotelabError as e:
+                    raise InvalidInput("extra_args", str(e)) from None
+            go = lambda: update_worker(name, model, extra_args=extra, show_progress=False)  # noqa: E731
+        to = model or w.model
+        with self.lock:
+            if self.updates.get(name, {}).get("state") == "rolling":
+                raise InvalidInput("name", f"worker {name!r} is being updated to {self.updates[name]['to']}; wait "
+                                           "until it ends", 409)
+            self.updates[name] = {"state": "rolling", "to": to, "error": None}
+
+        def run():
+            try:
+                go()
+                with self.lock:
+                    self.updates.pop(name, None)
+            except Exception as e:  # the worker serves as before; the panel shows why
+                with self.lock:
+                    self.updates[name] = {"state": "failed", "to": to, "error": str(e)}
+
+        threading.Thread(target=run, daemon=True, name=f"update-{name}").start()
+        return {"name": name, "update": self.updates[name]}
+
+    def history(self, name: str) -> list:
+        from notelab.workers import worker_history
+
+        return worker_history(check_worker_name(name))
+
     def metrics(self, name: str) -> dict:
-        return worker_metrics(check_worker_name(name), self.last_read)
+        check_worker_name(name)
+        with self.lock:
+            pool = self.pools.get(name)
+        return worker_metrics(name, self.last_read, pool.stats() if pool else None)
 
     # -- runs ----------------------------------------------------------------------------------------
     def notebook(self, rel) -> Path:
@@ -390,7 +461,9 @@ class LabService:
             pool = ReplicaPool(name)  # raises WorkerNotFoundError for a worker that is not registered
             client = httpx2.AsyncClient(transport=AsyncRoutingTransport(pool), timeout=httpx2.Timeout(None, connect=5))
             with self.lock:
-                client = self.routers.setdefault(name, client)
+                if name not in self.routers:
+                    self.routers[name], self.pools[name] = client, pool
+                client = self.routers[name]
         return client
 
     # -- the end -------------------------------------------------------------------------------------------
@@ -561,6 +634,19 @@ class RulesHandler(_Base):
         await self.guarded(rules_json)
 
 
+class PrometheusHandler(_Base):
+    "Routing metrics of this lab's proxy (requests, retries, failovers, in flight, prefix affinity), for Prometheus."
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from notelab.client import routing_metrics
+
+        self.finish(generate_latest(routing_metrics().registry), set_content_type=CONTENT_TYPE_LATEST)
+
+
 class WorkersHandler(_Base):
     @web.authenticated
     @authorized
@@ -590,6 +676,27 @@ class ScaleHandler(_Base):
     @authorized
     async def post(self, name):
         await self.guarded(self.service.scale, name, body=True)
+
+
+class UpdateHandler(_Base):
+    @web.authenticated
+    @authorized
+    async def post(self, name):
+        await self.guarded(self.service.update, name, status=202, body=True)
+
+
+class RollbackHandler(_Base):
+    @web.authenticated
+    @authorized
+    async def post(self, name):
+        await self.guarded(self.service.update, name, {}, True, status=202)
+
+
+class HistoryHandler(_Base):
+    @web.authenticated
+    @authorized
+    async def get(self, name):
+        await self.guarded(self.service.history, name)
 
 
 class LogsHandler(_Base):
@@ -745,6 +852,8 @@ class WorkerProxyHandler(_Base):
         try:
             self.set_status(resp.status_code)
             self.set_header("Content-Type", resp.headers.get("content-type", "application/json"))
+            if version := resp.headers.get("x-notelab-model"):  # the model version that answers
+                self.set_header("X-Notelab-Model", version)
             async for chunk in resp.aiter_raw():
                 self.write(chunk)
                 await self.flush()
@@ -753,8 +862,10 @@ class WorkerProxyHandler(_Base):
         self.finish()
 
 
-ROUTES = [("models", ModelsHandler), ("rules", RulesHandler), ("workers", WorkersHandler),
+ROUTES = [("models", ModelsHandler), ("rules", RulesHandler), ("metrics", PrometheusHandler), ("workers", WorkersHandler),
           (r"workers/([^/]+)", WorkerHandler), (r"workers/([^/]+)/scale", ScaleHandler),
+          (r"workers/([^/]+)/update", UpdateHandler), (r"workers/([^/]+)/rollback", RollbackHandler),
+          (r"workers/([^/]+)/history", HistoryHandler),
           (r"workers/([^/]+)/logs", LogsHandler), (r"workers/([^/]+)/metrics", MetricsHandler),
           ("notebooks/parameters", ParamsHandler), ("runs", RunsHandler), (r"runs/([^/]+)", RunHandler),
           (r"runs/([^/]+)/cancel", CancelHandler), ("sweeps", SweepsHandler), ("compare", CompareHandler)]

@@ -54,6 +54,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "host": Key("str", "127.0.0.1", "interface local workers listen on", _nonempty),
         "start_timeout": Key("float", "900", "seconds a replica may take to become healthy", _at_least(1)),
         "stop_timeout": Key("float", "20", "seconds between SIGTERM and SIGKILL", _at_least(0)),
+        "drain_timeout": Key("float", "300", "seconds a replica being replaced may take to finish its requests",
+                             _at_least(0)),
         "max_model_len": Key("int", "2048", "context length served by default", _at_least(16)),
         "cpu_kvcache_gib": Key("int", "2", "CPU engine: KV cache GiB per replica", _at_least(1)),
         "cpu_threads": Key("int", "0", "CPU engine: threads per replica; 0 shares the cores", _at_least(0)),
@@ -76,6 +78,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "worker_image": Key("str", "vllm/vllm-openai:v0.32.0", "GPU worker image"),
         "worker_cpu_image": Key("str", "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0", "CPU worker image"),
         "lab_image": Key("str", "ghcr.io/notelab/lab:0.1.0", "lab and job image"),
+    },
+    "routing": {
+        "policy": Key("str", "prefix", "how requests pick a replica: prefix (affinity within a load bound) or least",
+                      lambda v: None if v in ("prefix", "least") else "use prefix or least"),
+        "prefix_block": Key("int", "256", "prefix affinity: characters per block of a prompt's leading text",
+                            _at_least(16)),
+        "load_bound": Key("float", "1.25", "prefix affinity: a replica takes at most this times the mean load",
+                          _at_least(1)),
     },
     "limits": {
         "max_workers": Key("int", "4", "workers per user", _at_least(1)),

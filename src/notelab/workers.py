@@ -32,7 +32,8 @@ from .settings import settings
 
 # %% auto #0
 __all__ = ['Replica', 'Worker', 'check_name', 'replica_state', 'worker_state', 'list_workers', 'get_worker', 'root_cause',
-           'launch_worker', 'scale_worker', 'stop_worker', 'stop_all', 'worker_logs']
+           'launch_worker', 'scale_worker', 'stop_worker', 'stop_all', 'worker_logs', 'record_stamp', 'update_worker',
+           'rollback_worker', 'worker_history']
 
 # %% ../../nbs/04_workers.ipynb #e49558d3
 @dataclass
@@ -49,6 +50,8 @@ class Replica:
     slot: int = 0  # CPU build: which slice of the cores this replica is bound to
     ready_at: float | None = None
     state: str = "starting"  # filled in from the live process by `list_workers`
+    model: str = ""  # the model version it serves (name@version); during a rollout replicas differ
+    draining: bool = False  # being replaced: routers send it nothing new, it finishes what it has, then stops
 
     @property
     def base_url(self) -> str:
@@ -77,6 +80,7 @@ class Worker:
     created: str = ""
     replicas: list[Replica] = field(default_factory=list)
     state: str = "starting"
+    history: list[dict] = field(default_factory=list)  # what it served and when: launch, update, rollback, failed
 
     @property
     def ready(self) -> list[Replica]:
@@ -264,11 +268,14 @@ def _ports(host: str, count: int, first: int | None, avoid: set[int]) -> list[in
     return ports
 
 # %% ../../nbs/04_workers.ipynb #359167fe
-def _spawn(w: Worker, index: int, slot: int, port: int, gpus: tuple[int, ...], replicas: int) -> Replica:
+def _spawn(w: Worker, index: int, slot: int, port: int, gpus: tuple[int, ...], replicas: int,
+           spec: dict | None = None) -> Replica:
+    "Start replica `index` of `w`, serving the worker's model, or `spec`'s (model, model_path, served_names, extra_args)."
+    spec = spec or _spec(w)
     key = secrets.token_urlsafe(24)
     eng = detect_engine()
-    launch = replica_launch(eng, model_path=w.model_path, served_names=w.served_names, port=port, api_key=key,
-                            extra=w.extra_args, gpus=gpus, index=slot, replicas=replicas)
+    launch = replica_launch(eng, model_path=spec["model_path"], served_names=spec["served_names"], port=port,
+                            api_key=key, extra=spec["extra_args"], gpus=gpus, index=slot, replicas=replicas)
     log = _root() / w.name / f"replica-{index}.log"
     with private_log(log) as f:
         f.write(f"notelab: starting replica {index} of {w.name} on port {port}: {' '.join(launch.argv)}\n".encode())
@@ -280,7 +287,14 @@ def _spawn(w: Worker, index: int, slot: int, port: int, gpus: tuple[int, ...], r
         started = psutil.Process(p.pid).create_time()
     except psutil.Error:  # exited at once; keep a start time that matches nothing
         started = 0.0
-    return Replica(index, settings().workers.host, port, p.pid, started, key, str(log), list(gpus), slot)
+    return Replica(index, settings().workers.host, port, p.pid, started, key, str(log), list(gpus), slot,
+                   model=spec["model"])
+
+
+def _spec(w: Worker) -> dict:
+    "What a worker's replicas serve and how: the part of a worker that an update changes."
+    return {"model": w.model, "model_path": w.model_path, "served_names": list(w.served_names),
+            "extra_args": list(w.extra_args)}
 
 
 def _stop(replicas: list[Replica], timeout: float | None = None) -> None:
@@ -336,11 +350,15 @@ _CAUSE = re.compile(r"\b([A-Z]\w*(?:Error|Exception)|error): (.+)")
 
 def root_cause(log: str) -> str | None:
     "The first error in a vLLM log: vLLM ends with 'See root cause above', so the first one is the reason."
-    for line in log.splitlines():
-        if " WARNING " in line or "root cause above" in line:
+    lines = [re.sub(r"^\(\w+ pid=\d+\) ", "", line) for line in log.splitlines()]
+    for i, line in enumerate(lines):
+        if " WARNING " in f" {line}" or "root cause above" in line:
             continue
-        if m := _CAUSE.search(re.sub(r"^\(\w+ pid=\d+\) ", "", line)):
-            return f"{m.group(1)}: {m.group(2).strip()}"
+        if m := _CAUSE.search(line):
+            cause = f"{m.group(1)}: {m.group(2).strip()}"
+            if "validation error" in cause and i + 1 < len(lines):  # pydantic says what failed on the next line
+                cause += ": " + re.sub(r"^\s*(Value error, )?", "", lines[i + 1]).strip()[:300]
+            return cause
     return None
 
 
@@ -389,7 +407,7 @@ def _keep_failed_logs(w: Worker, replicas: list[Replica]) -> Path:
 
 
 def _start_replicas(w: Worker, count: int, gpus: list[tuple[int, ...]], ports: list[int], total: int,
-                    show_progress: bool, registry: FileLock) -> list[Replica]:
+                    show_progress: bool, registry: FileLock, spec: dict | None = None) -> list[Replica]:
     """Start `count` replicas, wait until all are healthy, or stop them all and raise. The caller holds the
     `registry` lock (the ports and GPUs are claimed under it): it is released once the new replicas are recorded,
     so nothing else waits while they start."""
@@ -402,7 +420,7 @@ def _start_replicas(w: Worker, count: int, gpus: list[tuple[int, ...]], ports: l
             if not _record(w.name).exists():  # `worker down` since it was read: start nothing
                 raise WorkerError(f"worker {w.name!r} was stopped while it started")
             for i in range(count):
-                new.append(_spawn(w, first + i, slots[i], ports[i], gpus[i], total))
+                new.append(_spawn(w, first + i, slots[i], ports[i], gpus[i], total, spec))
             w.replicas += new
             _save(w)
         finally:
@@ -467,6 +485,7 @@ def launch_worker(model: str | None = None, *, name: str | None = None, replicas
         ports = _ports(cfg.workers.host, replicas, port, used_ports)
         w = Worker(name, mv.ref, str(mv.path), [mv.name, mv.ref], engine.dist, "local", gpr, extra,
                    datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        w.history = [{"event": "launch", "model": mv.ref, "extra_args": extra, "at": w.created}]
         _save(w)  # claims the name; everything below undoes it on failure
         try:
             _start_replicas(w, replicas, gpus, ports, replicas, show_progress, registry)
@@ -550,3 +569,146 @@ def worker_logs(name: str, *, replica: int | None = None, lines: int = 50, follo
                 return
             else:
                 time.sleep(poll)
+
+# %% ../../nbs/04_workers.ipynb #b6f9c270
+def record_stamp(name: str) -> int | None:
+    "A stamp that changes whenever worker `name`'s record is written (routers re-read it then); None if gone."
+    try:
+        return _record(name).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _holding(r: Replica) -> int | None:
+    "Requests a replica is serving or queueing (vLLM's running + waiting); None when it does not answer."
+    try:
+        text = httpx.get(r.base_url[:-3] + "/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return None
+    return int(sum(float(line.rsplit(" ", 1)[-1]) for line in text.splitlines()
+                   if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{"))))
+
+
+def _add(w: Worker, spec: dict, count: int, total: int, show_progress: bool) -> list[Replica]:
+    "Start `count` more replicas of `w` serving `spec`, and wait until they are healthy (or leave none and raise)."
+    registry = _lock()
+    registry.acquire()
+    try:
+        used_ports, used_gpus = _used(list_workers(probe=False))
+        gpus = plan_gpus(detect_engine().require(), count, w.gpus_per_replica, used_gpus)
+        ports = _ports(settings().workers.host, count, None, used_ports)
+        return _start_replicas(w, count, gpus, ports, total, show_progress, registry, spec)
+    finally:
+        registry.release(force=True)
+
+
+def _retire(w: Worker, r: Replica, timeout: float) -> None:
+    "Drain replica `r` of `w` (routers send it nothing new; it finishes what it holds), stop it, drop it."
+    with _lock():
+        if not _record(w.name).exists():
+            raise WorkerError(f"worker {w.name!r} was stopped during its update")
+        r.draining = True
+        _save(w)
+    deadline = time.monotonic() + timeout
+    while _holding(r) and time.monotonic() < deadline:  # 0: idle; None: gone already
+        time.sleep(0.2)
+    _stop([r])
+    with _lock():
+        w.replicas = [x for x in w.replicas if x is not r]
+        if _record(w.name).exists():
+            _save(w)
+    Path(r.log).unlink(missing_ok=True)
+
+
+def _roll(w: Worker, to: dict, event: str, surge: int, show_progress: bool) -> Worker:
+    "Replace `w`'s live replicas, `surge` at a time, with replicas serving `to`; on a failure, put the old ones back."
+    was = _spec(w)
+    old = sorted((r for r in w.replicas if r.state not in ("dead", "failed")), key=lambda r: r.index)
+    if not old:
+        raise WorkerError(f"worker {w.name!r} has no live replica to replace; `notelab worker scale {w.name} N` "
+                          "starts some, or stop it and launch it again")
+    drain = settings().workers.drain_timeout
+    swapped: list[tuple[Replica, Replica]] = []  # (old replica, its replacement)
+    try:
+        for i in range(0, len(old), surge):
+            batch = old[i:i + surge]
+            swapped += zip(batch, _add(w, to, len(batch), len(old), show_progress))
+            for r in batch:
+                _retire(w, r, drain)
+    except BaseException as e:
+        reason = e.headline if isinstance(e, WorkerStartError) else str(e) or type(e).__name__
+        retired = [(r, n) for r, n in swapped if r not in w.replicas]
+        try:
+            if retired:  # the old version back in the places it left
+                _add(w, was, len(retired), len(old), show_progress)
+            for _, new in swapped:
+                _retire(w, new, drain)
+        finally:
+            w.history.append({"event": "failed", "model": to["model"], "extra_args": to["extra_args"], "at": _now(),
+                              "reason": reason})
+            with _lock():
+                if _record(w.name).exists():
+                    _save(w)
+        raise WorkerError(f"worker {w.name!r}: the {event} to {to['model']} stopped, and {was['model']} serves "
+                          f"as before: {reason}") from e
+    with _lock():
+        w.model, w.model_path, w.served_names, w.extra_args = (to[k] for k in ("model", "model_path", "served_names",
+                                                                                "extra_args"))
+        w.history.append({"event": event, "model": to["model"], "extra_args": to["extra_args"], "at": _now()})
+        _save(w)
+    return _refresh(w)
+
+
+def update_worker(name: str, model: str | None = None, *, extra_args: list[str] | None = None, surge: int = 1,
+                  show_progress: bool = True) -> Worker:
+    """Roll worker `name` to another version of its model and/or other engine arguments, `surge` replicas at a time
+    (each batch starts before the replicas it replaces stop: it needs room, and GPUs, for `surge` more)."""
+    check_name(name)
+    check_replicas(surge, field="surge")
+    if model is None and extra_args is None:
+        raise InvalidInput("model", "say what to update to: a version of the worker's model (NAME@VERSION) "
+                                    "and/or engine arguments")
+    if extra_args is not None:
+        extra_args = list(extra_args)
+        check_extra_args(extra_args)
+    with _worker_lock(name):
+        w = get_worker(name)
+        to = _spec(w)
+        if model is not None:
+            mv = resolve(model)
+            if mv.name != w.model.split("@")[0]:
+                raise InvalidInput("model", f"worker {name!r} serves {w.model.split('@')[0]}; update it to another "
+                                            f"version of that model, or launch a worker for {mv.name}")
+            to.update(model=mv.ref, model_path=str(mv.path), served_names=[mv.name, mv.ref])
+        if extra_args is not None:
+            to["extra_args"] = extra_args
+        if to == _spec(w) and all(r.model in ("", w.model) for r in w.replicas):
+            raise InvalidInput("model", f"worker {name!r} already serves {w.model} with these engine arguments")
+        return _roll(w, to, "update", surge, show_progress)
+
+
+def rollback_worker(name: str, *, surge: int = 1, show_progress: bool = True) -> Worker:
+    "Roll worker `name` back to the version (and engine arguments) it served before the current one, as an update."
+    check_name(name)
+    check_replicas(surge, field="surge")
+    with _worker_lock(name):
+        w = get_worker(name)
+        served = [h for h in worker_history(name) if h["event"] != "failed"]
+        if len(served) < 2:
+            raise InvalidInput("name", f"worker {name!r} has served only {w.model}: there is nothing to roll back to")
+        prev = served[-2]
+        mv = resolve(prev["model"])  # a version removed from the store since cannot come back
+        to = {"model": mv.ref, "model_path": str(mv.path), "served_names": [mv.name, mv.ref],
+              "extra_args": list(prev["extra_args"])}
+        return _roll(w, to, "rollback", surge, show_progress)
+
+
+def worker_history(name: str) -> list[dict]:
+    "What worker `name` served and when: its launch, updates, rollbacks and failed updates (with the reason)."
+    w = get_worker(name, probe=False)
+    return list(w.history) or [{"event": "launch", "model": w.model, "extra_args": list(w.extra_args),
+                                "at": w.created}]
