@@ -60,6 +60,12 @@ def samples(text: str, metric: str) -> list[tuple[dict, float]]:
             for labels, v in re.findall(rf"^{metric}\{{([^}}]*)\}} (\S+)$", text, re.M)]
 
 
+def routing_counts(text: str, worker: str) -> tuple[dict, dict]:
+    "Requests routed per replica URL, and prefix-affinity results, of one worker."
+    return ({lab["replica"]: n for lab, n in samples(text, "notelab_routed_requests_total") if lab["worker"] == worker},
+            {lab["result"]: n for lab, n in samples(text, "notelab_prefix_affinity_total") if lab["worker"] == worker})
+
+
 async def test_no_endpoint_answers_without_the_token(jp_fetch):
     for method, path in ENDPOINTS:
         code, _ = await call(jp_fetch, method, path, headers={"Authorization": "token wrong"})
@@ -270,6 +276,9 @@ async def test_live_figures_and_the_worker_endpoint_through_the_lab(jp_fetch, sh
     assert len(m["replicas"]) == 2
     code, e = await call(jp_fetch, "GET", "workers/nobody/metrics")
     assert code == 404
+    # routing counts are per process (earlier tests routed too, to replicas since replaced): compare with these
+    code, text = await call(jp_fetch, "GET", "metrics")
+    routed0, affinity0 = routing_counts(text, shared)
     # an OpenAI client whose API key is the lab's token, through the lab (streamed)
     base = f"http://127.0.0.1:{jp_http_port}{jp_base_url}notelab/workers/{shared}/v1"
     client = openai.AsyncOpenAI(base_url=base, api_key=jp_serverapp.identity_provider.token)
@@ -287,13 +296,11 @@ async def test_live_figures_and_the_worker_endpoint_through_the_lab(jp_fetch, sh
     # the proxy's routing, counted for Prometheus, to the shared worker's replicas
     code, text = await call(jp_fetch, "GET", "metrics")
     assert code == 200
-    routed = [(labels["replica"], n) for labels, n in samples(text, "notelab_routed_requests_total")
-              if labels["worker"] == shared]
-    assert sum(n for _, n in routed) >= 2, text
-    assert set(u for u, _ in routed) <= {r["base_url"] for r in (await call(jp_fetch, "GET", f"workers/{shared}"))[1]["replicas"]}
-    affinity = {labels["result"]: n for labels, n in samples(text, "notelab_prefix_affinity_total")
-                if labels["worker"] == shared}
-    assert affinity.get("miss", 0) >= 1 and affinity.get("hit", 0) >= 1, affinity
+    routed, affinity = routing_counts(text, shared)
+    went = {u for u, n in routed.items() if n > routed0.get(u, 0)}
+    assert sum(routed.values()) - sum(routed0.values()) >= 4, text  # models, chat, and the two completions
+    assert went and went <= {r["base_url"] for r in (await call(jp_fetch, "GET", f"workers/{shared}"))[1]["replicas"]}
+    assert affinity.get("miss", 0) > affinity0.get("miss", 0) and affinity.get("hit", 0) > affinity0.get("hit", 0)
     # the Grafana dashboard in k8s/ asks for vLLM figures this vLLM serves
     dash = json.loads((Path(__file__).parents[1] / "k8s/components/monitoring/notelab-dashboard.json").read_text())
     replica = (await call(jp_fetch, "GET", f"workers/{shared}"))[1]["replicas"][0]["base_url"]

@@ -203,7 +203,7 @@ def test_update_and_rollback_lose_no_request(shared, tmp_path):
                     seen.append(("connect", p, raw.headers["x-notelab-model"], bool(text)))
                 except Exception as e:  # noqa: BLE001 - every failure is the finding
                     errors.append(("connect", p, repr(e)))
-                stop.wait(0.3)  # a steady stream that leaves the two cores room to start replicas
+                stop.wait(1.0)  # a steady stream that leaves the two cores room to start replicas
 
         def through_lab():
             url = f"http://127.0.0.1:{lab.port}/notelab/workers/{shared}/v1/completions"
@@ -219,7 +219,7 @@ def test_update_and_rollback_lose_no_request(shared, tmp_path):
                         seen.append(("lab", p, r.headers["x-notelab-model"], True))
                 except Exception as e:  # noqa: BLE001
                     errors.append(("lab", p, repr(e)))
-                stop.wait(0.3)
+                stop.wait(1.0)
 
         def answered(n):  # wait for n more answers through each client
             have = {c: sum(1 for x in seen if x[0] == c) for c in ("connect", "lab")}
