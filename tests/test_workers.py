@@ -258,7 +258,8 @@ def test_update_and_rollback_lose_no_request(shared, tmp_path):
         w = get_worker(shared, probe=False)
         assert _versions_of(shared) == [v1, v1] and not any(r.draining for r in w.replicas)
         assert {r.state for r in w.replicas} == {"ready"} and len(w.replicas) == 2
-        assert client.completions.create(model=client.model, prompt="Still here:", max_tokens=2).choices[0].text
+        still = client.completions.create(model=client.model, prompt="Still here:", max_tokens=2)
+        assert still.choices[0].finish_reason in ("stop", "length")  # answered (a base model may stop at once)
         events = [(h["event"], h["model"]) for h in worker_history(shared)][-4:]
         assert events == [("launch", v1), ("update", v2), ("rollback", v1), ("failed", v1)]
         assert "max" in worker_history(shared)[-1]["reason"]

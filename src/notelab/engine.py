@@ -215,8 +215,10 @@ def replica_launch(engine: Engine, *, model_path: str, served_names: list[str], 
     w = cfg.workers
     extra = list(extra)
     check_extra_args(extra)
+    # the server counts the HTTP requests it holds (GET /load): a replica being replaced drains on that count,
+    # which includes requests its engine has not scheduled yet
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
-            "--served-model-name", *served_names, "--host", w.host, "--port", str(port)]
+            "--served-model-name", *served_names, "--host", w.host, "--port", str(port), "--enable-server-load-tracking"]
     if not _has(extra, "--max-model-len"):  # the setting, but never past what the model itself allows
         limit = model_context(model_path)
         argv += ["--max-model-len", str(min(w.max_model_len, limit) if limit else w.max_model_len)]

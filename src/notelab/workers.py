@@ -584,10 +584,16 @@ def _now() -> str:
 
 
 def _holding(r: Replica) -> int | None:
-    "Requests a replica is serving or queueing (vLLM's running + waiting); None when it does not answer."
+    """Requests a replica holds: the HTTP requests its server has accepted and not finished (GET /load, which
+    counts a request before the engine schedules it), or, without that, vLLM's running + waiting; None when
+    it does not answer."""
+    base = r.base_url[:-3]
     try:
-        text = httpx.get(r.base_url[:-3] + "/metrics", timeout=2).text
-    except httpx.HTTPError:
+        load = httpx.get(base + "/load", timeout=2)
+        if load.status_code == 200 and isinstance(n := load.json().get("server_load"), int):
+            return n
+        text = httpx.get(base + "/metrics", timeout=2).text
+    except (httpx.HTTPError, ValueError):
         return None
     return int(sum(float(line.rsplit(" ", 1)[-1]) for line in text.splitlines()
                    if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{"))))
