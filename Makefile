@@ -11,6 +11,8 @@
 # ENGINE=cpu|gpu picks the vLLM build (default: gpu where nvidia-smi lists a GPU).
 
 SHELL := /bin/bash
+# a failing pip (or any command) fails its recipe, though its output is filtered through a pipe
+.SHELLFLAGS := -o pipefail -c
 VENV := .venv
 PY := $(VENV)/bin/python
 NL := $(VENV)/bin/notelab
