@@ -1,6 +1,6 @@
 """Knowledge-base benchmarks, each against a baseline measured in the same run.
 
-    python bench/rag.py [--sizes 10000 100000] [--queries 40] [--skip-llamaindex] [--grid-only]
+    python bench/rag.py [--sizes 10000 100000] [--index-sizes 100000] [--queries 40] [--skip-llamaindex] [--grid-only]
 
 1. Ingestion: chunks/s of `notelab rag ingest` on the pydoc corpus (read, chunk, embed, write, index)
    against the embedder's raw throughput on the very same chunk texts. Target: overhead under 10%.
@@ -8,7 +8,10 @@
    (random unit vectors, text drawn from the corpus's words), the query embedding included.
 3. The hybrid fusion's constants ([rag] rrf_k, size_prior): recall@5 and MRR over a grid, beside vector and FTS alone,
    on the pydoc questions (where the constants were chosen) and on the held-out standard-library set.
-4. The same corpus ingested and queried with LlamaIndex's LanceDB integration (same embedding model,
+4. The approximate vector index: built on synthetic KBs whose vectors scatter around the pydoc corpus's real
+   embeddings (uniform random vectors have no neighbourhoods, the worst case for any index), searched (latency
+   and recall@10 against the exact scan of the same table), then kept current as 1% more chunks arrive.
+5. The same corpus ingested and queried with LlamaIndex's LanceDB integration (same embedding model,
    same chunk budget): ingestion chunks/s, query latency and recall@5 on the shipped questions.
 """
 import argparse
@@ -31,7 +34,7 @@ from rich.table import Table
 from notelab.datasets import pydoc_corpus, stdlib_corpus
 from notelab.docs import chunk_sections, load
 from notelab.embed import get_embedder
-from notelab.rag import MODES, KnowledgeBase, _reindex, doc_ranking, ingest, read_qa, score_ranking
+from notelab.rag import MODES, KnowledgeBase, doc_ranking, ingest, maintain_indices, read_qa, score_ranking, vector_index
 
 console = Console(width=140)
 
@@ -59,16 +62,26 @@ def bench_ingest(folder: Path) -> dict:
     return {"chunks": rep.chunks, "raw": raw, "pipeline": pipe}
 
 
-def synthetic_kb(name: str, n: int, words: list[str], dim: int = 384) -> KnowledgeBase:
+def synthetic_vectors(rng, m: int, centers: np.ndarray | None, dim: int = 384, spread: float = 0.6) -> np.ndarray:
+    "Unit vectors: uniform at random, or (given real embeddings as `centers`) scattered around them, as topics are."
+    if centers is None:
+        v = rng.standard_normal((m, dim)).astype(np.float32)
+    else:
+        v = centers[rng.integers(0, len(centers), m)] + spread * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def synthetic_kb(name: str, n: int, words: list[str], dim: int = 384, centers: np.ndarray | None = None,
+                 start: int = 0, kb: KnowledgeBase | None = None) -> KnowledgeBase:
+    "A KB of `n` chunks (text drawn from the corpus's words), exact search only; or `n` more rows for `kb`."
     import pyarrow as pa
 
-    kb = KnowledgeBase.create(name)
-    rng = np.random.default_rng(0)
-    batch = 20_000
-    for start in range(0, n, batch):
-        m = min(batch, n - start)
-        v = rng.standard_normal((m, dim)).astype(np.float32)
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
+    kb = kb or KnowledgeBase.create(name)
+    rng = np.random.default_rng(start)
+    batch, end = 20_000, start + n
+    for start in range(start, end, batch):
+        m = min(batch, end - start)
+        v = synthetic_vectors(rng, m, centers, dim)
         text = [" ".join(random.choices(words, k=60)) for _ in range(m)]
         src = [f"doc{(start + i) // 10}.txt" for i in range(m)]
         kb.table.add(pa.table({"id": [f"c{start + i}" for i in range(m)], "source": src, "root": ["/synthetic"] * m,
@@ -76,8 +89,40 @@ def synthetic_kb(name: str, n: int, words: list[str], dim: int = 384) -> Knowled
                                "loc": ['{"line": 1}'] * m, "chunk": pa.array([i % 10 for i in range(m)], pa.int32()),
                                "file_hash": ["0" * 64] * m,
                                "vector": pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), dim)}))
-    _reindex(kb.table)
+    with patch.dict(os.environ, NOTELAB_RAG_INDEX_MIN_ROWS="0"):  # the full-text index; vectors scanned exactly
+        maintain_indices(kb.table)
     return kb
+
+
+def vector_recall(kb: KnowledgeBase, questions: list[str], k: int = 10) -> float:
+    "recall@k of the KB's vector search (as `search` runs it) against an exact scan of the same table."
+    emb, same = kb.embedder(), 0
+    for q in questions:
+        v = emb.embed([q])[0]
+        exact = kb.table.search(v).distance_type("cosine").bypass_vector_index().limit(k).to_pandas().id
+        same += len(set(kb.search(q, k=k, mode="vector").id) & set(exact))
+    return same / (k * len(questions))
+
+
+def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[str]) -> dict:
+    """One KB of `n` chunks (vectors around the corpus's real embeddings): exact search, then the approximate index
+    built ([rag] index_type), searched, and kept current as 1% more chunks arrive (`maintain_indices`: optimize)."""
+    from notelab.settings import settings
+
+    t0 = time.perf_counter()
+    kb = synthetic_kb(f"bench-index-{n}", n, words, centers=centers)
+    out = {"build_s": time.perf_counter() - t0, "exact": bench_queries(kb, questions)}
+    t0 = time.perf_counter()
+    with patch.dict(os.environ, NOTELAB_RAG_INDEX_MIN_ROWS=str(min(n, settings().rag.index_min_rows))):
+        maintain_indices(kb.table)
+    out["index_s"], out["index"] = time.perf_counter() - t0, vector_index(kb.table)
+    out["indexed"] = bench_queries(kb, questions)
+    out["recall@10"] = vector_recall(kb, questions)
+    t0 = time.perf_counter()  # 1% more: the indices take in the new rows, at a cost that should follow them
+    synthetic_kb("", n // 100, words, centers=centers, start=n, kb=kb)
+    out["more_s"] = time.perf_counter() - t0
+    out["recall@10 after"] = vector_recall(kb, questions)
+    return out
 
 
 def bench_queries(kb: KnowledgeBase, questions: list[str]) -> dict:
@@ -156,6 +201,8 @@ def fusion_grid(kb: KnowledgeBase, qa: list[dict], qual, what: str) -> Table:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--index-sizes", type=int, nargs="*", default=[100_000],
+                    help="KB sizes for the vector-index table (1000000 takes long on 2 cores)")
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--skip-llamaindex", action="store_true")
     ap.add_argument("--grid-only", action="store_true", help="ingestion and the fusion grids only")
@@ -196,6 +243,24 @@ def main():
         skb = synthetic_kb(f"bench-{n}", n, words)
         lat = bench_queries(skb, questions)
         t.add_row(f"{n:,} (synthetic)", *(f"{lat[m][0]:.1f}" for m in MODES), *(f"{lat[m][1]:.1f}" for m in MODES))
+    console.print(t)
+
+    # the approximate index: its build, its latency and recall against the exact scan, and an ingest of 1% more
+    centers = np.stack(kb.table.to_pandas()["vector"].to_numpy()).astype(np.float32)
+    t = Table(title=f"vector index ([rag] index_type, nprobes, refine_factor from settings) on synthetic KBs around "
+                    f"the pydoc corpus's {len(centers)} real embeddings; ms per query, query embedding included; "
+                    "recall@10 of the indexed vector search against an exact scan", title_justify="left")
+    for c in ("chunks", "table + FTS s", "index s", "vector p50 exact", "vector p50 indexed", "vector p95 exact",
+              "vector p95 indexed", "hybrid p95 exact", "hybrid p95 indexed", "recall@10", "+1% s (ratio to index s)",
+              "recall@10 after"):
+        t.add_column(c, justify="right")
+    for n in a.index_sizes:
+        r = bench_index(n, words, centers, questions)
+        e, i = r["exact"], r["indexed"]
+        t.add_row(f"{n:,} ({r['index']})", f"{r['build_s']:.0f}", f"{r['index_s']:.0f}", f"{e['vector'][0]:.1f}",
+                  f"{i['vector'][0]:.1f}", f"{e['vector'][1]:.1f}", f"{i['vector'][1]:.1f}", f"{e['hybrid'][1]:.1f}",
+                  f"{i['hybrid'][1]:.1f}", f"{r['recall@10']:.3f}", f"{r['more_s']:.1f} ({r['more_s'] / r['index_s']:.2f})",
+                  f"{r['recall@10 after']:.3f}")
     console.print(t)
 
     if not a.skip_llamaindex:

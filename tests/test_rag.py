@@ -141,6 +141,9 @@ def test_search_modes_and_filters_from_the_cli(pydoc):
     assert {h["source"] for h in json.loads(r.stdout)} <= {"while.txt", "with.txt"}
     r = run("rag", "search", "loop", "--kb", "pydoc", "--mode", "semantic")
     assert r.returncode == 1 and "--mode 'semantic': use one of hybrid, vector, fts" in r.stderr
+    kbs = {k["name"]: k for k in json.loads(run("rag", "ls", "--json").stdout)}
+    assert kbs["pydoc"]["index"] == "exact"  # under [rag] index_min_rows: every vector is compared
+    assert "vector index" in run("rag", "ls").stdout
 
 
 def test_retrieval_quality_on_the_shipped_questions(pydoc):

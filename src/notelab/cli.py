@@ -394,8 +394,8 @@ def rag_ls(kb: Optional[str] = typer.Option(None, "--kb", help="List this KB's d
     rows = list_kbs(as_frame=False)
     if as_json:
         return _json(rows)
-    _table("knowledge bases", ["name", "documents", "chunks", "version", "embedder", "chunking"],
-           [[r["name"], r["documents"], r["chunks"], r["version"], r["embedder"],
+    _table("knowledge bases", ["name", "documents", "chunks", "version", "vector index", "embedder", "chunking"],
+           [[r["name"], r["documents"], r["chunks"], r["version"], r["index"], r["embedder"],
              f"{r['chunk_tokens']}/{r['chunk_overlap']}"] for r in rows])
 
 

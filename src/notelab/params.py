@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import tempfile
@@ -39,10 +40,19 @@ def notebook_path(notebook: str | Path) -> Path:
 
 def notebook_params(notebook: str | Path) -> dict[str, dict]:
     "The parameters a notebook declares: name -> {default, type, help}."
+    import copy
+
+    nb = notebook_path(notebook)
+    st = nb.stat()  # read once per version of the file: the CLI and the run both ask, on the way to the kernel
+    return copy.deepcopy(_declared(str(nb), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _declared(path: str, mtime_ns: int, size: int) -> dict[str, dict]:
     import nbformat
     import papermill
 
-    nb = notebook_path(notebook)
+    nb = Path(path)
     node = nbformat.read(nb, as_version=4)
     node.metadata.setdefault("kernelspec", {"name": "python3", "language": "python", "display_name": "Python 3"})
     with tempfile.TemporaryDirectory() as d:  # papermill inspects files and insists on a kernel name

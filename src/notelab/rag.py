@@ -31,9 +31,9 @@ from .settings import settings
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 # %% auto #0
-__all__ = ['MODES', 'INSTRUCTION', 'RagError', 'expand_paths', 'IngestReport', 'KnowledgeBase', 'ingest', 'doc_sizes', 'fuse',
-           'Answer', 'attribute', 'read_qa', 'doc_ranking', 'score_ranking', 'list_kbs', 'drop_kb', 'search', 'ask',
-           'evaluate']
+__all__ = ['MODES', 'INSTRUCTION', 'RagError', 'expand_paths', 'IngestReport', 'KnowledgeBase', 'vector_index',
+           'maintain_indices', 'ingest', 'doc_sizes', 'fuse', 'Answer', 'attribute', 'read_qa', 'doc_ranking',
+           'score_ranking', 'list_kbs', 'drop_kb', 'search', 'ask', 'evaluate']
 
 # %% ../../nbs/10_rag.ipynb #19a6b2e8
 class RagError(NotelabError):
@@ -222,7 +222,8 @@ class KnowledgeBase:
         tbl = self.table
         n = tbl.count_rows()
         docs = len(self.file_hashes()) if n else 0
-        return {**self.meta, "chunks": n, "documents": docs, "version": tbl.version}
+        return {**self.meta, "chunks": n, "documents": docs, "version": tbl.version,
+                "index": vector_index(tbl) or "exact"}
 
     # -- the verbs (their work is in the functions of the sections below) ---------------------------------
     def ingest(self, paths, *, prune=False, embedder=None, show_progress=True) -> IngestReport:
@@ -260,15 +261,32 @@ class KnowledgeBase:
             tbl = self.table
             n = tbl.count_rows(f"source = {_sql(source)}")
             tbl.delete(f"source = {_sql(source)}")
-            _reindex(tbl)
+            maintain_indices(tbl)
         return n
 
 # %% ../../nbs/10_rag.ipynb #c3f6215d
-def _reindex(tbl) -> None:
-    "Rebuild the BM25 full-text index over heading and text (stemmed, stop words out, positions for phrases)."
+def vector_index(tbl) -> str | None:
+    "The type of the approximate index on a KB table's vectors, or None (a search scans every vector)."
+    kind = next((ix.index_type for ix in tbl.list_indices() if "vector" in ix.columns), None)
+    return kind and re.sub(r"(?<!^)(?=[A-Z])", "_", kind).upper()  # IvfHnswSq -> IVF_HNSW_SQ, as settings spell it
+
+
+def maintain_indices(tbl) -> None:
+    """Keep a KB table's indices current after a write: the BM25 index over heading and text (stemmed, stop words
+    out, positions for phrases) and, from `[rag] index_min_rows` chunks on, an approximate vector index. Each is
+    built once; later writes are folded in by `optimize`, whose work follows the new rows, not the whole KB
+    (rows not yet in an index are still searched, exactly)."""
     from lancedb.index import FTS
 
-    tbl.create_index("search_text", config=FTS(with_position=True), replace=True)
+    cfg = settings().rag
+    have = [ix.columns for ix in tbl.list_indices()]
+    fts, vec = ["search_text"] in have, ["vector"] in have
+    if not fts:
+        tbl.create_index("search_text", config=FTS(with_position=True), replace=True)
+    if not vec and cfg.index_min_rows and tbl.count_rows() >= cfg.index_min_rows:
+        tbl.create_index(metric="cosine", vector_column_name="vector", index_type=cfg.index_type, replace=True)
+    if fts or vec:
+        tbl.optimize()
 
 
 def _rows(src: str, root: Path, digest: str, chunks, vectors) -> list[dict]:
@@ -350,7 +368,7 @@ def _ingest(kb: KnowledgeBase, paths, *, prune: bool, embedder, show_progress: b
             cond = f"source IN ({', '.join(_sql(s) for s in replace)})" if replace else "false"
             (tbl.merge_insert("id").when_not_matched_insert_all()
                 .when_not_matched_by_source_delete(cond).execute(data))
-            _reindex(tbl)
+            maintain_indices(tbl)
             rep.chunks = len(rows)
         rep.version = kb.table.version
     rep.seconds = time.monotonic() - t0
@@ -438,7 +456,13 @@ def _search(kb: KnowledgeBase, query: str, *, k: int, mode: str, where: str | No
             lists["fts"] = run(tbl.search(query, query_type="fts", fts_columns="search_text"))
         if mode in ("vector", "hybrid"):
             v = emb.embed([query])[0]
-            lists["vector"] = run(tbl.search(v, vector_column_name="vector").distance_type("cosine"))
+            q = tbl.search(v, vector_column_name="vector").distance_type("cosine")
+            if vector_index(tbl):  # approximate: search more partitions, re-rank candidates by exact distance
+                cfg = settings().rag
+                q = q.nprobes(cfg.nprobes)
+                if cfg.refine_factor:
+                    q = q.refine_factor(cfg.refine_factor)
+            lists["vector"] = run(q)
     except (ValueError, RuntimeError, OSError) as e:
         msg = str(e).splitlines()[0][:300]
         if where:
@@ -616,12 +640,12 @@ def _evaluate(kb: KnowledgeBase, qa, *, k: int, modes: Sequence[str], embedder, 
 
 # %% ../../nbs/10_rag.ipynb #679d9c5e
 def list_kbs(as_frame: bool = True):
-    "Every knowledge base: name, embedder, documents, chunks, table version, created."
+    "Every knowledge base: name, embedder, documents, chunks, table version, vector index, created."
     rows = []
     for meta in sorted(KnowledgeBase.root().glob("*/kb.json")):
         kb = KnowledgeBase(meta.parent.name, meta.parent, json.loads(meta.read_text()))
         i = kb.info()
-        rows.append({k: i[k] for k in ("name", "embedder", "documents", "chunks", "version", "chunk_tokens",
+        rows.append({k: i[k] for k in ("name", "embedder", "documents", "chunks", "version", "index", "chunk_tokens",
                                        "chunk_overlap", "lancedb", "created")})
     return pd.DataFrame(rows) if as_frame else rows
 

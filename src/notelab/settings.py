@@ -71,6 +71,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rrf_k": Key("int", "10", "hybrid search: the rank constant of reciprocal rank fusion", _at_least(1)),
         "size_prior": Key("float", "0.1", "hybrid search: fused document scores are divided by chunks ** size_prior",
                           lambda v: None if 0 <= v <= 1 else "must be between 0 and 1"),
+        "index_min_rows": Key("int", "50000", "a knowledge base of at least this many chunks gets an approximate "
+                              "vector index (0: never)", _at_least(0)),
+        "index_type": Key("str", "IVF_HNSW_SQ", "the approximate vector index: IVF_HNSW_SQ, IVF_PQ, IVF_SQ, IVF_FLAT",
+                          lambda v: None if v in ("IVF_HNSW_SQ", "IVF_PQ", "IVF_SQ", "IVF_FLAT")
+                          else "use IVF_HNSW_SQ, IVF_PQ, IVF_SQ or IVF_FLAT"),
+        "nprobes": Key("int", "20", "indexed vector search: partitions searched per query", _at_least(1)),
+        "refine_factor": Key("int", "10", "indexed vector search: re-rank k x this candidates by exact distance "
+                             "(0: none)", _at_least(0)),
     },
     "cluster": {
         "namespace": Key("str", "notelab", "Kubernetes namespace for workers and jobs"),
