@@ -1,9 +1,12 @@
 """Knowledge-base benchmarks, each against a baseline measured in the same run.
 
     python bench/rag.py [--sizes 10000 100000] [--index-sizes 100000] [--queries 40] [--skip-llamaindex] [--grid-only]
+                        [--dtypes-only]
 
 1. Ingestion: chunks/s of `notelab rag ingest` on the pydoc corpus (read, chunk, embed, write, index)
    against the embedder's raw throughput on the very same chunk texts. Target: overhead under 10%.
+   Then the in-process embedder in float32 against bfloat16 ([rag] embed_dtype): ingest chunks/s and retrieval
+   quality on both shipped question sets, side by side.
 2. Query latency, p50 and p95 per search mode, on synthetic knowledge bases of 10k and 100k chunks
    (random unit vectors, text drawn from the corpus's words), the query embedding included.
 3. The hybrid fusion's constants ([rag] rrf_k, size_prior): recall@5 and MRR over a grid, beside vector and FTS alone,
@@ -60,6 +63,28 @@ def bench_ingest(folder: Path) -> dict:
         emb.embed(texts[i:i + 256])
     raw = (raw + len(texts) / (time.perf_counter() - t0)) / 2
     return {"chunks": rep.chunks, "raw": raw, "pipeline": pipe}
+
+
+def bench_dtypes(corpora: dict) -> Table:
+    """The in-process embedder in float32 and in bfloat16 ([rag] embed_dtype): ingest chunks/s of each corpus and
+    retrieval quality on its questions, side by side in one run (target: >= 2.5x, recall@5 and MRR within 0.01)."""
+    t = Table(title="embedder dtype: ingest chunks/s and quality per corpus (float32 | bfloat16)", title_justify="left")
+    for c in ("corpus", "chunks", "chunks/s f32", "chunks/s bf16", "ratio", "hybrid recall@5 f32", "bf16",
+              "hybrid MRR f32", "bf16", "vector recall@5 f32", "bf16"):
+        t.add_column(c, justify="right")
+    for what, (folder, qa) in corpora.items():
+        got = {}
+        for dtype in ("float32", "bfloat16"):
+            get_embedder(f"minilm:{dtype}").embed(["warm up the model"] * 64)
+            rep = ingest(folder, f"bench-{what}-{dtype}", embedder=f"minilm:{dtype}", show_progress=False)
+            q = KnowledgeBase.open(f"bench-{what}-{dtype}").evaluate(qa, k=5, embedder=f"minilm:{dtype}",
+                                                                      show_progress=False).set_index("mode")
+            got[dtype] = (rep.chunks, rep.chunks / rep.seconds, q)
+        (n, f, qf), (_, b, qb) = got["float32"], got["bfloat16"]
+        t.add_row(what, str(n), f"{f:.1f}", f"{b:.1f}", f"{b / f:.2f}", f"{qf.loc['hybrid', 'recall@5']:.3f}",
+                  f"{qb.loc['hybrid', 'recall@5']:.3f}", f"{qf.loc['hybrid', 'mrr']:.3f}", f"{qb.loc['hybrid', 'mrr']:.3f}",
+                  f"{qf.loc['vector', 'recall@5']:.3f}", f"{qb.loc['vector', 'recall@5']:.3f}")
+    return t
 
 
 def synthetic_vectors(rng, m: int, centers: np.ndarray | None, dim: int = 384, spread: float = 0.6) -> np.ndarray:
@@ -206,6 +231,7 @@ def main():
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--skip-llamaindex", action="store_true")
     ap.add_argument("--grid-only", action="store_true", help="ingestion and the fusion grids only")
+    ap.add_argument("--dtypes-only", action="store_true", help="ingestion and the float32/bfloat16 table only")
     a = ap.parse_args()
     folder, qa_path = pydoc_corpus(tempfile.mkdtemp(prefix="bench-corpus-"))
     qa = read_qa(qa_path)
@@ -221,11 +247,14 @@ def main():
 
     kb = KnowledgeBase.open("bench-ingest")
     qual = kb.evaluate(qa, k=5, show_progress=False).set_index("mode")
+    sfolder, sqa = stdlib_corpus(tempfile.mkdtemp(prefix="bench-corpus-"))
+    console.print(bench_dtypes({"pydoc": (folder, qa_path), "stdlib": (sfolder, sqa)}))
+    if a.dtypes_only:
+        return
 
     # the hybrid fusion's two constants: recall@5 (MRR) over a grid, vector alone and FTS alone beside it,
     # on the questions they were chosen on and on the held-out standard-library set
     console.print(fusion_grid(kb, qa, qual, "pydoc questions (the constants were chosen on these)"))
-    sfolder, sqa = stdlib_corpus(tempfile.mkdtemp(prefix="bench-corpus-"))
     ingest(sfolder, "bench-stdlib", show_progress=False)
     skb = KnowledgeBase.open("bench-stdlib")
     squal = skb.evaluate(sqa, k=5, show_progress=False).set_index("mode")

@@ -198,7 +198,7 @@ def test_worker_embeddings_match_the_local_model(docs, tmp_path):
         add_model(g.get_model_path(), name="minilm", show_progress=False)
         launch_worker("minilm", name="embedder", extra_args=["--runner", "pooling"], show_progress=False)
         try:
-            w, local = get_embedder("worker:embedder"), get_embedder("minilm")
+            w, local = get_embedder("worker:embedder"), get_embedder("minilm:float32")  # the same arithmetic as the worker
             texts = ["How do I open a file?", "Bees make honey.", "The with statement wraps a block."]
             assert (w.dim, w.max_tokens) == (384, 256)
             assert np.allclose((w.embed(texts) * local.embed(texts)).sum(1), 1, atol=1e-3)

