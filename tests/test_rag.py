@@ -106,6 +106,36 @@ def test_concurrent_ingests_lose_and_duplicate_nothing(docs, tmp_path):
     drop_kb("together"), drop_kb("solo")
 
 
+def test_an_ingest_cut_short_leaves_whole_files_and_the_next_one_finishes(docs, monkeypatch):
+    "An ingest writes as it goes (a batch of files per commit): stopped half-way, it leaves whole files behind."
+    import notelab.rag as rag
+    from notelab.embed import MiniLM
+
+    class Failing(MiniLM):  # the same model; its third batch fails, as a killed process or a full disk would
+        calls = 0
+
+        def embed(self, texts, batch_size=64):
+            Failing.calls += 1
+            if Failing.calls == 3:
+                raise OSError("no space left on device")
+            return super().embed(texts, batch_size)
+
+    monkeypatch.setattr(rag, "INGEST_BATCH", 1)  # every file a batch of its own
+    with pytest.raises(OSError, match="no space left"):
+        ingest(docs, "cut-short", embedder=Failing(), show_progress=False)
+    kb = KnowledgeBase.open("cut-short")
+    written = kb.sources()
+    assert len(written) == 2  # two whole files, each with all its chunks
+    solo = ingest(docs, "whole", show_progress=False)
+    for r in written.itertuples():
+        assert r.chunks == kb.table.count_rows(f"source = '{r.source}'") == \
+            KnowledgeBase.open("whole").table.count_rows(f"source = '{r.source}'")
+    rep = ingest(docs, "cut-short", show_progress=False)  # the next ingest finishes the job
+    assert sorted(rep.unchanged) == sorted(written.source) and len(rep.added) == len(solo.added) - 2
+    assert kb.table.count_rows() == KnowledgeBase.open("whole").table.count_rows()
+    drop_kb("cut-short"), drop_kb("whole")
+
+
 def test_bad_input_leaves_nothing(docs):
     before = {k["name"] for k in list_kbs(as_frame=False)}
     with pytest.raises(RagError, match="no such file or folder"):

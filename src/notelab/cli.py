@@ -479,11 +479,17 @@ def rag_eval(kb: str = typer.Option(..., "--kb", help="Knowledge base name."),
 
 
 @rag_app.command("corpus")
-def rag_corpus(name: str = typer.Argument("pydoc", help="pydoc (the language reference) or stdlib (module docs)."),
+def rag_corpus(name: str = typer.Argument("pydoc", help="pydoc (the language reference), stdlib (module docs), or "
+                                                            "sitepackages (every installed package's docstrings: large)."),
                dest: Optional[str] = typer.Option(None, help="Folder to write into (default: <data_dir>/corpora).")):
-    "Write a shipped corpus (one file per topic or module) and its labelled question set."
-    from notelab.datasets import corpus
+    "Write a shipped corpus (one file per topic or module) and its labelled question set, or the large unlabelled one."
+    from notelab.datasets import corpus, sitepackages_corpus
 
+    if name == "sitepackages":
+        folder, _ = sitepackages_corpus(dest)
+        n = sum(1 for _ in folder.rglob("*.md"))
+        out.print(f"documents: {folder} ({n} modules; no questions: a corpus for scale)")
+        return out.print(f"try: notelab rag ingest {folder} --kb sitepackages")
     try:
         folder, qa = corpus(name, dest)
     except ValueError as e:

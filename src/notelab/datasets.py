@@ -14,7 +14,7 @@ from .settings import settings
 
 # %% auto #0
 __all__ = ['PYDOC_QA', 'PYDOC_ANSWERS', 'STDLIB_MODULES', 'STDLIB_QA', 'CORPORA', 'pydoc_corpus', 'module_doc', 'stdlib_corpus',
-           'corpus']
+           'module_markdown', 'sitepackages_corpus', 'corpus']
 
 # %% ../../nbs/11_datasets.ipynb #947d5bb7
 PYDOC_QA: list[dict] = [
@@ -334,6 +334,74 @@ def stdlib_corpus(dest: Path | str | None = None) -> tuple[Path, Path]:
     qa = base / "stdlib-qa.jsonl"
     atomic_write(qa, "\n".join(json.dumps(q) for q in STDLIB_QA) + "\n")
     return folder, qa
+
+# %% ../../nbs/11_datasets.ipynb #f26cd5a7
+def _doc_sections(tree, prefix: str = "") -> list[str]:
+    "Markdown sections for the documented classes and functions of a module or class body (methods nested)."
+    import ast
+
+    out = []
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        doc = ast.get_docstring(node)
+        if isinstance(node, ast.ClassDef):
+            if doc:
+                out.append(f"## class {prefix}{node.name}\n\n{doc}\n")
+            out += _doc_sections(node, f"{prefix}{node.name}.")
+        elif doc:
+            out.append(f"## {prefix}{node.name}({ast.unparse(node.args)})\n\n{doc}\n")
+    return out
+
+
+def module_markdown(source: str, name: str) -> str | None:
+    "A module's documentation as Markdown, from its source (never imported); None if it documents nothing."
+    import ast
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escape sequences in old packages' sources
+            tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    doc, parts = ast.get_docstring(tree), _doc_sections(tree)
+    if not doc and not parts:
+        return None
+    return "\n".join([f"# {name}\n", *([doc + "\n"] if doc else []), *parts])
+
+
+def sitepackages_corpus(dest: Path | str | None = None, *, roots: list[Path | str] | None = None,
+                        show_progress: bool = True) -> tuple[Path, None]:
+    """Write one Markdown file per documented module of this environment's packages (or of `roots`), in a folder per
+    top-level package; returns (folder, None): there are no questions. Files already up to date are left alone."""
+    import sysconfig
+
+    from notelab.core import progress
+
+    base = Path(dest) if dest else settings().data_dir / "corpora"
+    folder = base / f"sitepackages-docs-{sys.version_info.major}.{sys.version_info.minor}"
+    roots = [Path(r) for r in roots] if roots else sorted({Path(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")})
+    files = sorted({(f, r) for r in roots if r.is_dir() for f in r.rglob("*.py")})
+    with progress(len(files), "site-packages: documentation", enabled=show_progress) as bar:
+        for f, root in files:
+            bar.update(1)
+            rel = f.relative_to(root)
+            parts = rel.with_suffix("").parts
+            if not parts or not all(p.isidentifier() for p in parts[:-1]):  # not an importable module's file
+                continue
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            try:
+                text = module_markdown(f.read_text(encoding="utf-8"), name)
+            except (OSError, UnicodeDecodeError):
+                continue
+            if text is None:
+                continue
+            out = folder / parts[0] / f"{name}.md"
+            if not out.exists() or out.read_text() != text:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(out, text)
+    return folder, None
 
 # %% ../../nbs/11_datasets.ipynb #11875f70
 CORPORA = {"pydoc": pydoc_corpus, "stdlib": stdlib_corpus}

@@ -172,7 +172,8 @@ def register_embedder(prefix: str):
 
 @register_embedder("minilm")
 def _minilm(arg: str) -> Embedder:
-    return MiniLM(arg or None)
+    # minilm[:float32|bfloat16|auto], or the embedder's id (what a KB made with an `Embedder` object records)
+    return MiniLM(None if not arg or arg.startswith("all-MiniLM-L6-v2@") else arg)
 
 
 @register_embedder("worker")

@@ -31,7 +31,7 @@ from .settings import settings
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 # %% auto #0
-__all__ = ['MODES', 'INSTRUCTION', 'RagError', 'expand_paths', 'IngestReport', 'KnowledgeBase', 'vector_index',
+__all__ = ['MODES', 'INGEST_BATCH', 'INSTRUCTION', 'RagError', 'expand_paths', 'IngestReport', 'KnowledgeBase', 'vector_index',
            'maintain_indices', 'ingest', 'doc_sizes', 'fuse', 'Answer', 'attribute', 'read_qa', 'doc_ranking',
            'score_ranking', 'list_kbs', 'drop_kb', 'search', 'ask', 'evaluate']
 
@@ -296,6 +296,61 @@ def _rows(src: str, root: Path, digest: str, chunks, vectors) -> list[dict]:
              "chunk": c.index, "file_hash": digest, "vector": v.tolist()} for c, v in zip(chunks, vectors)]
 
 
+INGEST_BATCH = 1024  # chunks embedded and written together: an ingest holds one batch, whatever the corpus's size
+
+
+def _batches(todo, emb, kb: KnowledgeBase, rep: IngestReport, size: int):
+    "Read and chunk files in turn; lists of (source, root, digest, chunks) of about `size` chunks each."
+    group, n = [], 0
+    for src, root, f, digest in todo:
+        try:
+            chunks = chunk_sections(load(f), emb.count_tokens, kb.meta["chunk_tokens"], kb.meta["chunk_overlap"])
+        except DocumentError as e:
+            rep.failed[src] = str(e).removeprefix(f"{f}: ")
+            continue
+        group.append((src, root, digest, chunks))
+        n += len(chunks)
+        if n >= size:
+            yield group
+            group, n = [], 0
+    if group:
+        yield group
+
+
+def _hashes_of(tbl, sources) -> dict[str, tuple[str, str]]:
+    "{source: (file sha256, root)} of these sources only (a filtered scan, not the whole table)."
+    if not sources:
+        return {}
+    t = tbl.to_lance().to_table(columns=["source", "file_hash", "root"],
+                                filter=f"source IN ({', '.join(_sql(s) for s in sources)})").to_pandas()
+    return {r.source: (r.file_hash, r.root) for r in t.drop_duplicates("source").itertuples()}
+
+
+def _write(kb: KnowledgeBase, group, vecs, rep: IngestReport, delete: Sequence[str] = ()) -> None:
+    "Write one batch under the KB's lock: each file's chunks replace its old ones in one commit; `delete` goes too."
+    import pyarrow as pa
+
+    with kb._lock():
+        tbl = kb.table
+        now = _hashes_of(tbl, [src for src, *_ in group])
+        rows, replace, at = [], list(delete), 0
+        for src, root, digest, chunks in group:
+            vs = vecs[at:at + len(chunks)]
+            at += len(chunks)
+            if now.get(src, (None,))[0] == digest:  # another ingest wrote this very content meanwhile
+                rep.unchanged.append(src)
+                continue
+            (rep.updated if src in now else rep.added).append(src)
+            replace.append(src)
+            rows += _rows(src, root, digest, chunks, vs)
+        if rows or replace:
+            data = pa.Table.from_pylist(rows, schema=tbl.schema)
+            cond = f"source IN ({', '.join(_sql(s) for s in replace)})" if replace else "false"
+            (tbl.merge_insert("id").when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(cond).execute(data))
+            rep.chunks += len(rows)
+
+
 def _ingest(kb: KnowledgeBase, paths, *, prune: bool, embedder, show_progress: bool) -> IngestReport:
     import time
 
@@ -324,52 +379,29 @@ def _ingest(kb: KnowledgeBase, paths, *, prune: bool, embedder, show_progress: b
             rep.unchanged.append(src)
         else:
             todo.append((src, root, f, digest))
-    # read and chunk
-    pending = []  # (source, root, digest, chunks)
-    for src, root, f, digest in todo:
-        try:
-            chunks = chunk_sections(load(f), emb.count_tokens, kb.meta["chunk_tokens"], kb.meta["chunk_overlap"])
-        except DocumentError as e:
-            rep.failed[src] = str(e).removeprefix(f"{f}: ")
-            continue
-        pending.append((src, root, digest, chunks))
-    # embed
-    texts = [c.search_text for _, _, _, cs in pending for c in cs]
-    vecs = np.zeros((0, emb.dim), np.float32)
-    if texts:
-        parts = []
-        with progress(len(texts), f"{kb.name}: embedding", enabled=show_progress) as bar:
-            for i in range(0, len(texts), 256):
-                parts.append(emb.embed(texts[i:i + 256]))
-                bar.update(len(texts[i:i + 256]))
-        vecs = np.concatenate(parts)
-    # write: one commit, under the KB's lock
+    # read and chunk (a thread ahead), embed, write: a batch at a time, so memory stays flat as corpora grow; each
+    # file is written whole in one commit, so an ingest cut short leaves whole files, and the next one goes on
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = _batches(todo, emb, kb, rep, INGEST_BATCH)
+    with progress(len(todo), f"{kb.name}: reading, embedding", enabled=show_progress) as bar, \
+            ThreadPoolExecutor(1) as reader:
+        ahead = reader.submit(next, batches, None)
+        while (group := ahead.result()) is not None:
+            ahead = reader.submit(next, batches, None)  # the next batch is read and chunked while this one embeds
+            texts = [c.search_text for *_, cs in group for c in cs]
+            vecs = np.concatenate([emb.embed(texts[i:i + 256]) for i in range(0, len(texts), 256)]) if texts \
+                else np.zeros((0, emb.dim), np.float32)
+            _write(kb, group, vecs, rep)
+            bar.update(len(group))
     with kb._lock():
-        now = kb.file_hashes()
-        rows, replace, at = [], [], 0
-        for src, root, digest, chunks in pending:
-            vs = vecs[at:at + len(chunks)]
-            at += len(chunks)
-            if now.get(src, (None,))[0] == digest:  # another ingest wrote this very content meanwhile
-                rep.unchanged.append(src)
-                continue
-            (rep.updated if src in now else rep.added).append(src)
-            replace.append(src)
-            rows += _rows(src, root, digest, chunks, vs)
         if prune:
             present = set(seen)
-            rep.removed = sorted(s for s, (_, r) in now.items() if r in roots and s not in present)
-            replace += rep.removed
-        if rows or replace:
-            import pyarrow as pa
-
-            tbl = kb.table
-            data = pa.Table.from_pylist(rows, schema=tbl.schema)
-            cond = f"source IN ({', '.join(_sql(s) for s in replace)})" if replace else "false"
-            (tbl.merge_insert("id").when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(cond).execute(data))
-            maintain_indices(tbl)
-            rep.chunks = len(rows)
+            rep.removed = sorted(s for s, (_, r) in kb.file_hashes().items() if r in roots and s not in present)
+            if rep.removed:
+                kb.table.delete(f"source IN ({', '.join(_sql(s) for s in rep.removed)})")
+        if rep.chunks or rep.removed or rep.added or rep.updated:
+            maintain_indices(kb.table)
         rep.version = kb.table.version
     rep.seconds = time.monotonic() - t0
     return rep
