@@ -1,7 +1,8 @@
 """notelab in JupyterLab, end to end: `notelab lab` with the extension built by `make setup`, driven in
 Debian's chromium by Playwright. A worker launched from the Workers panel becomes ready and stops; a
 notebook run from the file browser's "Run as experiment" shows its metrics and output notebook, and a
-sweep its variants; MLflow opens from the launcher inside the lab. Screenshots of each panel are kept in
+sweep its variants; MLflow opens from the launcher inside the lab; the Knowledge panel creates a knowledge
+base, ingests uploads and a file from the file browser, searches and opens hits. Screenshots of each panel are kept in
 `test-artifacts/screenshots/`."""
 import asyncio
 import json
@@ -315,3 +316,84 @@ def test_widgets_render_and_work_in_a_lab_notebook(page, lab, shared):
     hits.first.wait_for(timeout=60_000)
     assert hits.count() == 2 and "retry.md" in hits.first.inner_text()
     shot(page, "widgets-notebook")
+
+
+@pytest.fixture
+def kb_files(lab):
+    "A note under the lab's root for the file browser (written before the page loads), and two files to upload."
+    (lab.root / "kb-notes").mkdir(exist_ok=True)
+    (lab.root / "kb-notes" / "backoff.md").write_text(
+        "# Retries\n\nA request that fails is retried with exponential backoff and jitter.\n\n"
+        "## Limits\n\nGive up after five attempts.\n")
+    up = lab.root.parent / "uploads-src"
+    up.mkdir(exist_ok=True)
+    (up / "caching.md").write_text("# Caching\n\nKeep results in an LRU cache so they are not computed twice.\n")
+    (up / "scan.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    return up
+
+
+@pytest.mark.browser
+def test_knowledge_panel_creates_ingests_searches_and_drops(kb_files, page, lab):
+    "The Knowledge panel: create a KB, upload two files (one unreadable, named as skipped), add one from the file "
+    "browser, search, open a hit at its place in the lab and an uploaded one in a source view, remove, drop."
+    page.locator(".jp-LauncherCard[data-category=notelab]", has_text="Knowledge").click()
+    create = page.locator("[data-testid=kb-create]")
+    create.locator("input[name=kb-name]").fill("bad name")
+    create.locator("button[type=submit]").click()
+    page.locator("[data-testid=kb-error]", has_text="knowledge base name 'bad name'").wait_for()
+    create.locator("input[name=kb-name]").fill("papers")
+    create.locator("button[type=submit]").click()
+    page.locator("[data-kb=papers]").wait_for()
+    detail = page.locator("[data-testid=kb-detail]")
+    detail.locator("[data-testid=kb-sources] .nl-empty").wait_for()
+
+    # two files by upload: one is read, the other is named with the reason it was skipped
+    page.locator("input[name=kb-files]").set_input_files([str(kb_files / "caching.md"), str(kb_files / "scan.pdf")])
+    job = page.locator("[data-testid=kb-job][data-state=done]")
+    job.wait_for(timeout=180_000)
+    assert "1 added" in job.inner_text() and "1 skipped" in job.inner_text()
+    job.locator("[data-skipped='scan.pdf']", has_text="not a readable PDF").wait_for()
+    shot(page, "knowledge-uploaded")
+
+    # one from the file browser: right-click › Add to knowledge base › papers
+    page.locator(".jp-SideBar .lm-TabBar-tab[data-id='filebrowser']").click()
+    page.locator(".jp-DirListing-item", has_text="kb-notes").dblclick()
+    item = page.locator(".jp-DirListing-item", has_text="backoff.md")
+    item.click(button="right")
+    page.locator(".lm-Menu-item", has_text="Add to knowledge base").click()
+    page.locator(".jp-Dialog select").select_option("papers")
+    page.locator(".jp-Dialog-button.jp-mod-accept").click()
+    detail.locator("[data-testid=kb-sources] tr[data-source='kb-notes/backoff.md']").wait_for(timeout=180_000)
+    assert "1 added" in page.locator("[data-testid=kb-job][data-state=done]").inner_text()
+    kb = next(k for k in api(lab, "knowledge") if k["name"] == "papers")
+    assert (kb["documents"], kb["job"]) == (2, None)
+    assert "2 documents" in page.locator("[data-kb=papers]").inner_text()
+
+    # search; a hit under the root opens in the lab at its line
+    search = detail.locator("[data-testid=kb-search]")
+    search.locator("input[name=kb-query]").fill("how many times should a failed request be retried")
+    search.locator("button[type=submit]").click()
+    hit = detail.locator("[data-testid=kb-hits] .nl-hit").first
+    hit.wait_for(timeout=60_000)
+    assert hit.get_attribute("data-source") == "kb-notes/backoff.md"
+    shot(page, "knowledge-search")
+    hit.locator("a").click()
+    page.locator(".lm-TabBar-tab.jp-mod-current", has_text="backoff.md").wait_for()
+    page.locator(".jp-FileEditor .cm-content", has_text="exponential backoff").wait_for()
+
+    # an uploaded source opens in a source view, the hit's section marked
+    search.locator("input[name=kb-query]").fill("LRU cache")
+    search.locator("button[type=submit]").click()
+    up = detail.locator("[data-testid=kb-hits] .nl-hit[data-source='caching.md']").first
+    up.wait_for(timeout=60_000)
+    up.locator("a").click()
+    page.locator(".nl-source .nl-hit-here", has_text="LRU cache").wait_for()
+    shot(page, "knowledge-source")
+
+    # remove a source, then drop the knowledge base (confirmed)
+    detail.locator("tr[data-source='caching.md'] [data-action=remove]").click()
+    detail.locator("tr[data-source='caching.md']").wait_for(state="detached")
+    detail.locator("[data-action=drop-kb]").click()
+    page.locator(".jp-Dialog-button.jp-mod-warn").click()
+    page.locator("[data-kb=papers]").wait_for(state="detached")
+    assert "papers" not in [k["name"] for k in api(lab, "knowledge")]

@@ -43,7 +43,7 @@ async def call(jp_fetch, method, path, body=None, **kw):
         body = {}
     try:
         r = await jp_fetch("notelab", "api", *path.split("/"), method=method,
-                           body=None if body is None else (body if isinstance(body, str) else json.dumps(body)),
+                           body=None if body is None else (body if isinstance(body, (str, bytes)) else json.dumps(body)),
                            allow_nonstandard_methods=True, **kw)
     except HTTPClientError as e:
         r = e.response
@@ -172,17 +172,92 @@ async def finished(jp_fetch, run_id: str, within: float = 900) -> dict:
     raise AssertionError(f"run {run_id} still RUNNING after {within} s: {run}")
 
 
+async def ingested(jp_fetch, job: dict, within: float = 600) -> dict:
+    "Poll an ingest job until it has ended."
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        code, j = await call(jp_fetch, "GET", f"knowledge/{job['kb']}/jobs/{job['id']}")
+        assert code == 200, j
+        if j["state"] != "running":
+            return j
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"ingest {job['id']} still running after {within} s: {j}")
+
+
+def multipart(*files: tuple[str, bytes]) -> tuple[bytes, dict]:
+    "A multipart/form-data body with each file under the field `file`, and its Content-Type header."
+    req = httpx.Request("POST", "http://x", files=[("file", f) for f in files])
+    return req.read(), {"Content-Type": req.headers["content-type"]}
+
+
+async def test_knowledge_from_the_api(jp_fetch, jp_root_dir, monkeypatch):
+    "The Knowledge panel's calls: create, upload (one file unreadable), add from the root, search, read, remove, drop."
+    monkeypatch.setenv("NOTELAB_LIMITS_MAX_UPLOAD_MB", "1")
+    name = f"api-{os.getpid()}"
+    code, kb = await call(jp_fetch, "POST", "knowledge", {"name": name})
+    assert code == 201 and (kb["name"], kb["chunks"], kb["sources"]) == (name, 0, []), kb
+    code, e = await call(jp_fetch, "POST", "knowledge", {"name": name})
+    assert (code, e["field"]) == (409, "name")
+    code, e = await call(jp_fetch, "POST", "knowledge", {"name": "../up"})
+    assert (code, e["field"]) == (400, "name")
+
+    body, headers = multipart(("loops.md", b"# Loops\n\nbreak leaves a loop early; continue skips to the next item."),
+                              ("scan.pdf", b"%PDF-1.4 not really a pdf"))
+    code, job = await call(jp_fetch, "POST", f"knowledge/{name}/files", body, headers=headers)
+    assert code == 202 and job["files"] == ["loops.md", "scan.pdf"], job
+    j = await ingested(jp_fetch, job)
+    assert j["state"] == "done" and j["report"]["added"] == ["loops.md"] and list(j["report"]["failed"]) == ["scan.pdf"], j
+    (jp_root_dir / "docs").mkdir()
+    (jp_root_dir / "docs" / "files.md").write_text("# Files\n\nopen() reads a file; a with block closes it again.")
+    code, job = await call(jp_fetch, "POST", f"knowledge/{name}/ingest", {"paths": ["docs/files.md"]})
+    assert code == 202
+    assert (await ingested(jp_fetch, job))["report"]["added"] == ["docs/files.md"]
+    code, kb = await call(jp_fetch, "GET", f"knowledge/{name}")
+    assert code == 200 and kb["documents"] == 2 and kb["job"]["id"] == job["id"]
+    assert {s["source"]: (s["path"], s["uploaded"]) for s in kb["sources"]} == {
+        "loops.md": (None, True), "docs/files.md": ("docs/files.md", False)}
+
+    code, hits = await call(jp_fetch, "GET", f"knowledge/{name}/search", params={"q": "how do I leave a loop", "k": "2"})
+    assert code == 200 and hits[0]["source"] == "loops.md" and hits[0]["loc"]["line"] >= 1, hits
+    code, src = await call(jp_fetch, "GET", f"knowledge/{name}/source", params={"source": "loops.md"})
+    assert code == 200 and "break leaves a loop early" in src["sections"][0]["text"]
+
+    # refused, each naming the field, and nothing written
+    big, headers = multipart(("big.txt", b"x" * (2 ** 20 + 1)))
+    code, e = await call(jp_fetch, "POST", f"knowledge/{name}/files", big, headers=headers)
+    assert (code, e["field"]) == (413, "file") and "max_upload_mb" in e["error"]
+    sneaky, headers = multipart(("../../.bashrc", b"echo hi"))
+    code, e = await call(jp_fetch, "POST", f"knowledge/{name}/files", sneaky, headers=headers)
+    assert (code, e["field"]) == (400, "file")
+    code, e = await call(jp_fetch, "POST", f"knowledge/{name}/ingest", {"paths": ["../outside"]})
+    assert (code, e["field"]) == (400, "paths[0]")
+    code, e = await call(jp_fetch, "GET", f"knowledge/{name}/search", params={"q": "x", "mode": "psychic"})
+    assert (code, e["field"]) == (400, "mode")
+    code, e = await call(jp_fetch, "GET", "knowledge/ghost/search", params={"q": "x"})
+    assert (code, e["field"]) == (404, "kb")
+    uploads = Path(os.environ["NOTELAB_LAB_DATA_DIR"]) / "uploads" / name
+    assert sorted(p.name for p in uploads.iterdir()) == ["loops.md", "scan.pdf"]
+
+    code, r = await call(jp_fetch, "DELETE", f"knowledge/{name}/source", params={"source": "loops.md"})
+    assert code == 200 and r["chunks"] == 1 and not (uploads / "loops.md").exists()
+    code, r = await call(jp_fetch, "DELETE", f"knowledge/{name}")
+    assert code == 200 and not uploads.exists()
+    code, kbs = await call(jp_fetch, "GET", "knowledge")
+    assert code == 200 and name not in [k["name"] for k in kbs]
+
+
 def test_openapi_follows_the_rules():
     "The API's documented patterns and enums are the library's rules, not copies that drift."
     from pathlib import Path
 
     import yaml
-    from notelab.rules import TARGETS, WORKER_NAME
+    from notelab.rules import STORE_NAME, TARGETS, WORKER_NAME
 
     doc = yaml.safe_load((Path(__file__).parents[1] / "lab_ext" / "openapi.yaml").read_text())
     schemas = doc["components"]["schemas"]
     assert schemas["WorkerName"]["pattern"] == WORKER_NAME.pattern
     assert schemas["Target"]["enum"] == list(TARGETS)
+    assert schemas["KnowledgeBaseName"]["pattern"] == STORE_NAME.pattern
     params = doc["components"]["parameters"]
     assert params["name"]["schema"] == {"$ref": "#/components/schemas/WorkerName"}
 

@@ -31,8 +31,10 @@ async def status(jp_fetch, method, *path, body=None):
 
 
 async def test_a_read_only_user_reads_but_changes_nothing(jp_fetch):
-    for path in (("rules",), ("models",), ("runs",), ("metrics",)):
+    for path in (("rules",), ("models",), ("runs",), ("metrics",), ("knowledge",)):
         assert await status(jp_fetch, "GET", *path) == 200, path
     for method, path in [("POST", ("workers",)), ("DELETE", ("workers", "x")), ("POST", ("workers", "x", "scale")),
-                         ("POST", ("runs",)), ("POST", ("runs", "x", "cancel")), ("POST", ("sweeps",))]:
+                         ("POST", ("runs",)), ("POST", ("runs", "x", "cancel")), ("POST", ("sweeps",)),
+                         ("POST", ("knowledge",)), ("DELETE", ("knowledge", "x")), ("POST", ("knowledge", "x", "files")),
+                         ("POST", ("knowledge", "x", "ingest")), ("DELETE", ("knowledge", "x", "source"))]:
         assert await status(jp_fetch, method, *path) == 403, (method, path)

@@ -98,6 +98,53 @@ export interface IMetrics {
   routing: { requests: number; retries: number; failovers: number; hit: number; spill: number; miss: number } | null;
 }
 
+export interface IIngestJob {
+  id: string;
+  kb: string;
+  state: 'running' | 'done' | 'failed';
+  files: string[];
+  done: number;
+  total: number;
+  report: {
+    added: string[];
+    updated: string[];
+    unchanged: string[];
+    removed: string[];
+    failed: Record<string, string>;
+    chunks: number;
+    seconds: number;
+    version: number | null;
+  } | null;
+  error: string | null;
+  started: string;
+  ended: string | null;
+}
+
+export interface IKnowledgeBase {
+  name: string;
+  embedder: string;
+  documents: number;
+  chunks: number;
+  version: number;
+  index: string;
+  created: string;
+  job: IIngestJob | null;
+  sources?: { source: string; chunks: number; path: string | null; uploaded: boolean }[];
+}
+
+/** A search hit, with where to open it: `path` under the lab's root, or (uploaded) through the API. */
+export interface IHit {
+  rank: number;
+  score: number;
+  source: string;
+  heading: string;
+  text: string;
+  location: string;
+  loc: Record<string, number>;
+  path: string | null;
+  uploaded: boolean;
+}
+
 export interface IModel {
   ref: string;
   name: string;

@@ -1,7 +1,8 @@
-// notelab in JupyterLab: the Workers and Experiments side panels, launcher tiles for them and for
-// MLflow (served inside the lab by jupyter-server-proxy), and "Run as experiment" on notebooks.
+// notelab in JupyterLab: the Workers, Experiments and Knowledge side panels, launcher tiles for them and
+// for MLflow (served inside the lab by jupyter-server-proxy), "Run as experiment" on notebooks and "Add to
+// knowledge base" on files.
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, IFrame, MainAreaWidget, WidgetTracker } from '@jupyterlab/apputils';
+import { ICommandPalette, IFrame, InputDialog, MainAreaWidget, Notification, WidgetTracker } from '@jupyterlab/apputils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { ILauncher } from '@jupyterlab/launcher';
@@ -10,6 +11,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { labUrl } from './api';
 import { comparePanel, comparePanelId } from './compare';
 import { ExperimentsPanel } from './experiments';
+import { KnowledgePanel, sourcePanel } from './knowledge';
 import { logPanel } from './workers';
 import { WorkersPanel } from './workers';
 
@@ -24,6 +26,10 @@ export const experimentsIcon = new LabIcon({
   name: 'notelab:experiments',
   svgstr: svg('M9 2h6v2h-1v5.2l5.6 9.7A2 2 0 0 1 17.9 22H6.1a2 2 0 0 1-1.7-3.1L10 9.2V4H9zm3 9.3L8.4 17h7.2z')
 });
+export const knowledgeIcon = new LabIcon({
+  name: 'notelab:knowledge',
+  svgstr: svg('M6 2h11a2 2 0 0 1 2 2v16a2 2 0 0 1-2 2H6a2 2 0 0 1-2-2V4a2 2 0 0 1 2-2zm1 3v2h9V5zm0 4v2h9V9zm0 4v2h6v-2z')
+});
 export const mlflowIcon = new LabIcon({
   name: 'notelab:mlflow',
   svgstr: svg('M3 20h18v2H3zM5 10h3v8H5zm5-6h3v14h-3zm5 9h3v5h-3z')
@@ -35,11 +41,13 @@ namespace CommandIDs {
   export const mlflow = 'notelab:open-mlflow';
   export const runAs = 'notelab:run-as-experiment';
   export const logs = 'notelab:worker-logs';
+  export const knowledge = 'notelab:open-knowledge';
+  export const addToKb = 'notelab:add-to-knowledge-base';
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'notelab:plugin',
-  description: 'Workers and Experiments panels, launcher tiles, Run as experiment, MLflow in the lab.',
+  description: 'Workers, Experiments and Knowledge panels, launcher tiles, Run as experiment, Add to knowledge base, MLflow in the lab.',
   autoStart: true,
   requires: [IDocumentManager],
   optional: [ILauncher, ICommandPalette, ILayoutRestorer, IDefaultFileBrowser],
@@ -69,10 +77,39 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     experiments.title.icon = experimentsIcon;
+    const knowledge = new KnowledgePanel({
+      openPath: (path, loc) => void openAt(path, loc),
+      openSource: (kb, source, loc) => void sourcePanel(kb, source, loc).then(panel => {
+        [...shell.widgets('main')].find(w => w.id === panel.id)?.dispose();  // a fresh one, at the new place
+        shell.add(panel, 'main');
+        shell.activateById(panel.id);
+      })
+    });
+    knowledge.title.icon = knowledgeIcon;
     shell.add(workers, 'left', { rank: 600 });
     shell.add(experiments, 'left', { rank: 601 });
+    shell.add(knowledge, 'left', { rank: 602 });
     restorer?.add(workers, workers.id);
     restorer?.add(experiments, experiments.id);
+    restorer?.add(knowledge, knowledge.id);
+
+    /** Open a file under the root at a hit's place: a line in an editor, a cell in a notebook. */
+    async function openAt(path: string, loc: Record<string, number>): Promise<void> {
+      const widget = docs.openOrReveal(path);
+      if (!widget) {
+        return;
+      }
+      await widget.context.ready;
+      const content = (widget as any).content;
+      if (loc.cell !== undefined && content?.widgets && 'activeCellIndex' in content) {
+        content.activeCellIndex = Math.max(0, loc.cell - 1);
+        void content.scrollToItem?.(content.activeCellIndex);
+      } else if (loc.line !== undefined && content?.editor) {
+        const position = { line: Math.max(0, loc.line - 1), column: 0 };
+        content.editor.setCursorPosition(position);
+        content.editor.revealPosition?.(position);
+      }
+    }
 
     commands.addCommand(CommandIDs.workers, {
       label: 'Workers',
@@ -86,6 +123,42 @@ const plugin: JupyterFrontEndPlugin<void> = {
       icon: experimentsIcon,
       execute: () => shell.activateById(experiments.id)
     });
+    commands.addCommand(CommandIDs.knowledge, {
+      label: 'Knowledge',
+      caption: 'Knowledge bases: add documents, watch them ingest, search',
+      icon: knowledgeIcon,
+      execute: () => shell.activateById(knowledge.id)
+    });
+    commands.addCommand(CommandIDs.addToKb, {
+      label: 'Add to knowledge base',
+      icon: knowledgeIcon,
+      isVisible: () => !!browser && !browser.selectedItems().next().done,
+      execute: async () => {
+        const paths = browser ? [...browser.selectedItems()].map(item => item.path) : [];
+        if (!paths.length) {
+          return;
+        }
+        let names: string[];
+        try {
+          names = await knowledge.names();
+        } catch (e) {
+          Notification.error((e as Error).message, { autoClose: 8000 });
+          return;
+        }
+        if (!names.length) {
+          Notification.warning('No knowledge base yet: create one in the Knowledge panel first.', { autoClose: 8000 });
+          shell.activateById(knowledge.id);
+          return;
+        }
+        const pick = await InputDialog.getItem({ title: `Add ${paths.length} item(s) to`, items: names, current: 0 });
+        if (!pick.button.accept || !pick.value) {
+          return;
+        }
+        shell.activateById(knowledge.id);
+        await knowledge.add(pick.value, paths);
+      }
+    });
+    app.contextMenu.addItem({ command: CommandIDs.addToKb, selector: '.jp-DirListing-item', rank: 4 });
     commands.addCommand(CommandIDs.mlflow, {
       label: 'MLflow',
       caption: 'The MLflow UI on notelab\'s tracking store, inside the lab',
@@ -145,7 +218,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       rank: 3
     });
 
-    for (const [command, rank] of [[CommandIDs.workers, 1], [CommandIDs.experiments, 2], [CommandIDs.mlflow, 3]] as const) {
+    for (const [command, rank] of [[CommandIDs.workers, 1], [CommandIDs.experiments, 2], [CommandIDs.knowledge, 3],
+      [CommandIDs.mlflow, 4]] as const) {
       launcher?.add({ command, category: 'notelab', rank });
       palette?.addItem({ command, category: 'notelab' });
     }

@@ -105,13 +105,13 @@ def tail(path: Path | str, lines: int = 30, max_bytes: int = 64_000) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 # %% ../../nbs/00_core.ipynb #3124c193
-def atomic_write(path: Path | str, text: str, mode: int = 0o644) -> Path:
-    "Write `text` to `path` so that readers see either the old or the new content."
+def atomic_write(path: Path | str, text: str | bytes, mode: int = 0o644) -> Path:
+    "Write `text` (or bytes) to `path` so that readers see either the old or the new content."
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

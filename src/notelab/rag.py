@@ -226,10 +226,13 @@ class KnowledgeBase:
                 "index": vector_index(tbl) or "exact"}
 
     # -- the verbs (their work is in the functions of the sections below) ---------------------------------
-    def ingest(self, paths, *, prune=False, embedder=None, show_progress=True) -> IngestReport:
-        "Ingest files, folders or globs into this KB (incremental)."
+    def ingest(self, paths, *, prune=False, embedder=None, show_progress=True, root=None,
+               on_progress=None) -> IngestReport:
+        """Ingest files, folders or globs into this KB (incremental). `root`: name every source by its path
+        under this folder; `on_progress(files done, files to read)` is called as batches are written."""
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        return _ingest(self, paths, prune=prune, embedder=embedder, show_progress=show_progress)
+        return _ingest(self, paths, prune=prune, embedder=embedder, show_progress=show_progress, root=root,
+                       on_progress=on_progress)
 
     def search(self, query: str, *, k: int | None = None, mode: str = "hybrid", where: str | None = None,
                embedder=None) -> pd.DataFrame:
@@ -351,12 +354,13 @@ def _write(kb: KnowledgeBase, group, vecs, rep: IngestReport, delete: Sequence[s
             rep.chunks += len(rows)
 
 
-def _ingest(kb: KnowledgeBase, paths, *, prune: bool, embedder, show_progress: bool) -> IngestReport:
+def _ingest(kb: KnowledgeBase, paths, *, prune: bool, embedder, show_progress: bool, root=None,
+            on_progress=None) -> IngestReport:
     import time
 
     t0 = time.monotonic()
     emb = kb._check_embedder(embedder)
-    files = expand_paths(paths)
+    files = _under(expand_paths(paths), root)
     rep = IngestReport(kb.name)
     seen: dict[str, Path] = {}
     for f, root in files:
@@ -383,6 +387,8 @@ def _ingest(kb: KnowledgeBase, paths, *, prune: bool, embedder, show_progress: b
     # file is written whole in one commit, so an ingest cut short leaves whole files, and the next one goes on
     from concurrent.futures import ThreadPoolExecutor
 
+    if on_progress is not None:
+        on_progress(0, len(todo))
     batches = _batches(todo, emb, kb, rep, INGEST_BATCH)
     with progress(len(todo), f"{kb.name}: reading, embedding", enabled=show_progress) as bar, \
             ThreadPoolExecutor(1) as reader:
@@ -394,6 +400,8 @@ def _ingest(kb: KnowledgeBase, paths, *, prune: bool, embedder, show_progress: b
                 else np.zeros((0, emb.dim), np.float32)
             _write(kb, group, vecs, rep)
             bar.update(len(group))
+            if on_progress is not None:
+                on_progress(bar.n, len(todo))
     with kb._lock():
         if prune:
             present = set(seen)
@@ -407,14 +415,27 @@ def _ingest(kb: KnowledgeBase, paths, *, prune: bool, embedder, show_progress: b
     return rep
 
 
+def _under(files: list[tuple[Path, Path]], root) -> list[tuple[Path, Path]]:
+    "(file, root) with every file named under `root` instead (None: as found); an error names a file outside it."
+    if root is None:
+        return files
+    root = Path(root).resolve()
+    for f, _ in files:
+        if root not in f.parents:
+            raise RagError(f"{f} is not under {root}, the folder sources are named from")
+    return [(f, root) for f, _ in files]
+
+
 def ingest(paths: str | Path | Sequence[str | Path], kb: str, *, prune: bool = False, embedder: str | None = None,
-           chunk_tokens: int | None = None, chunk_overlap: int | None = None, show_progress: bool = True) -> IngestReport:
-    "Read, chunk, embed and store documents in knowledge base `kb` (created on first use); incremental."
+           chunk_tokens: int | None = None, chunk_overlap: int | None = None, show_progress: bool = True,
+           root: str | Path | None = None, on_progress=None) -> IngestReport:
+    """Read, chunk, embed and store documents in knowledge base `kb` (created on first use); incremental.
+    `root`: name every source by its path under this folder (default: under the folder or glob that found it)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise RagError("name at least one file, folder or glob to ingest")
     KnowledgeBase.check_name(kb)
-    expand_paths(paths)  # bad paths fail before a KB is created
+    _under(expand_paths(paths), root)  # bad paths fail before a KB is created
     if not (KnowledgeBase.root() / kb / "kb.json").exists():
         try:
             KnowledgeBase.create(kb, embedder=embedder, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
@@ -426,7 +447,8 @@ def ingest(paths: str | Path | Sequence[str | Path], kb: str, *, prune: bool = F
             chunk_overlap is not None and chunk_overlap != base.meta["chunk_overlap"]:
         raise RagError(f"knowledge base {kb!r} chunks at {base.meta['chunk_tokens']} tokens with "
                        f"{base.meta['chunk_overlap']} overlap; other settings need a new KB")
-    return _ingest(base, paths, prune=prune, embedder=embedder, show_progress=show_progress)
+    return _ingest(base, paths, prune=prune, embedder=embedder, show_progress=show_progress, root=root,
+                   on_progress=on_progress)
 
 # %% ../../nbs/10_rag.ipynb #9f685088
 _SIZES: dict[tuple[str, int], dict[str, int]] = {}  # (table path, version) -> chunks per source

@@ -105,6 +105,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_sweep_variants": Key("int", "64", "variants in one sweep started from the lab", _at_least(1)),
         "max_n": Key("int", "8", "completions one request through the lab may ask for (OpenAI's n)", _at_least(1)),
         "max_runs": Key("int", "8", "runs and sweeps the lab runs at once", _at_least(1)),
+        "max_upload_mb": Key("int", "50", "megabytes one file uploaded into a knowledge base through the lab may have",
+                             _at_least(1)),
     },
 }
 
