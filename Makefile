@@ -78,9 +78,17 @@ demo: setup
 	  $(NL) run nbs/experiments/rag_eval.ipynb -p worker demo -p kb pydoc --experiment demo || rc=$$?; \
 	  $(NL) worker down demo; exit $$rc
 
+# Two parts at once (see tests/conftest.py): the tests that start no vLLM process run beside the others, in a
+# data folder of their own; a test that starts vLLM processes runs alone. The light part's report follows.
 test: setup browser
 	$(NL) models pull
-	$(PY) -m pytest tests nbs/examples nbs/experiments --nbval-lax --nbval-current-env -v -rs --durations=15
+	@mkdir -p test-artifacts
+	@NOTELAB_LAB_DATA_DIR=$(CURDIR)/.notelab-test-light $(PY) -m pytest tests --part light -v -rs --durations=10 \
+	  > test-artifacts/light.log 2>&1 & light=$$!; \
+	$(PY) -m pytest tests nbs/examples nbs/experiments --part heavy --nbval-lax --nbval-current-env -v -rs \
+	  --durations=15; heavy=$$?; \
+	wait $$light; rc=$$?; echo; echo "=== the light part (ran alongside): test-artifacts/light.log ==="; \
+	cat test-artifacts/light.log; exit $$(( heavy || rc ))
 
 lab: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(NL) lab
@@ -96,4 +104,4 @@ lock:
 
 clean:
 	-$(NL) worker down --all
-	rm -rf $(VENV) .notelab-test
+	rm -rf $(VENV) .notelab-test .notelab-test-light .notelab-test.lock .notelab-test.turnstile

@@ -3,10 +3,18 @@
 The registry of a test run lives in its own data folder (`.notelab-test/`), so tests never touch
 the user's workers; the model store is the project's (`.notelab/models`), so the default model is
 converted once per machine, not once per run.
+
+`make test` runs the suite in two parts at once (`--part`): `light`, the tests that start no vLLM
+process (in a data folder of their own), beside `heavy`, the rest. A test that starts vLLM processes
+(`slow`) runs alone: it holds a lock the light part takes for each of its tests, so the machine's
+memory holds at most the shared worker, one test's own vLLM processes and nothing else. Tests that
+watch this machine's vLLM processes (`vllm_processes`) are heavy too: nothing beside them starts any.
 """
+import fcntl
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -24,10 +32,11 @@ os.environ.setdefault("NOTELAB_WORKERS_CPU_KVCACHE_GIB", "1")
 
 # experiment runs of a test session start from an empty MLflow store
 for _d in ("mlflow", "runs"):
-    shutil.rmtree(ROOT / ".notelab-test" / _d, ignore_errors=True)
+    shutil.rmtree(Path(os.environ["NOTELAB_LAB_DATA_DIR"]) / _d, ignore_errors=True)
 
 SHARED = "test-shared"
 _started: list[str] = []
+LOCKS = ROOT / ".notelab-test.lock"  # the two parts of a run agree on who runs alone (see the module's docstring)
 
 
 def vllm_pids() -> set[int]:
@@ -47,6 +56,21 @@ def _needs_worker(item) -> bool:
     return item.get_closest_marker("worker") is not None or str(item.path).endswith(".ipynb")
 
 
+def _starts_vllm(item) -> bool:
+    return item.get_closest_marker("slow") is not None
+
+
+def _heavy(item) -> bool:
+    return _needs_worker(item) or _starts_vllm(item) or item.get_closest_marker("vllm_processes") is not None
+
+
+def pytest_addoption(parser):
+    parser.addoption("--part", choices=("all", "light", "heavy"), default="all",
+                     help="light: the tests that start no vLLM process and need no worker; heavy: the others; "
+                          "`make test` runs both at once")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
     from notelab.engine import detect_engine
 
@@ -55,7 +79,16 @@ def pytest_collection_modifyitems(session, config, items):
         for it in items:
             if it.get_closest_marker("gpu"):
                 it.add_marker(skip)
-    if config.option.collectonly or not any(_needs_worker(i) for i in items):
+    part = config.getoption("--part")
+    if part != "all":
+        keep = [i for i in items if _heavy(i) == (part == "heavy")]
+        config.hook.pytest_deselected(items=[i for i in items if _heavy(i) != (part == "heavy")])
+        items[:] = keep
+
+
+def pytest_collection_finish(session):
+    "Start the shared worker when a test that is selected (after -k, -m and --part) needs it."
+    if session.config.option.collectonly or not any(_needs_worker(i) for i in session.items):
         return
     if os.environ.get("NOTELAB_TEST_WORKER"):
         return  # a worker given from outside: use it, leave it running
@@ -63,11 +96,36 @@ def pytest_collection_modifyitems(session, config, items):
     from notelab.workers import launch_worker, stop_all
 
     stop_all(timeout=5)  # whatever an interrupted earlier run left in the test registry
-    shutil.rmtree(ROOT / ".notelab-test" / "workers" / ".failed", ignore_errors=True)
+    shutil.rmtree(Path(os.environ["NOTELAB_LAB_DATA_DIR"]) / "workers" / ".failed", ignore_errors=True)
     pull_model(show_progress=False)
     launch_worker(name=SHARED, replicas=2, show_progress=False)
     _started.append(SHARED)
     os.environ["NOTELAB_TEST_WORKER"] = SHARED  # nbval kernels and nbdev-test inherit it
+
+
+@contextmanager
+def _turn(item, part: str):
+    "Hold the run's lock for one test: alone (a test that starts vLLM processes) or beside the heavy part."
+    if part == "all" or (part == "heavy" and not _starts_vllm(item)):
+        yield
+        return
+    alone = _starts_vllm(item)
+    with open(LOCKS, "a+") as lock, open(LOCKS.with_suffix(".turnstile"), "a+") as turnstile:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)  # a waiting test that runs alone lets no light test start meanwhile
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    with _turn(item, item.config.getoption("--part")):
+        yield
 
 
 def pytest_sessionfinish(session, exitstatus):

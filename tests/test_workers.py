@@ -22,6 +22,7 @@ from notelab.workers import get_worker, launch_worker, list_workers, scale_worke
 from conftest import vllm_pids
 
 NOTELAB = str(Path(sys.executable).parent / "notelab")
+pytestmark = pytest.mark.vllm_processes  # many tests here compare this machine's vLLM processes before and after
 
 
 def names():
@@ -65,6 +66,7 @@ def test_port_in_use_leaves_nothing():
     assert names() == before and vllm_pids() == procs
 
 
+@pytest.mark.slow
 def test_bad_vllm_argument_leaves_nothing():
     before, procs = names(), vllm_pids()
     with pytest.raises(WorkerStartError) as e:
@@ -84,6 +86,7 @@ def test_no_spelling_of_a_reserved_flag_reaches_vllm():
     assert names() == before and vllm_pids() == procs
 
 
+@pytest.mark.slow
 def test_start_timeout_leaves_nothing(monkeypatch):
     monkeypatch.setenv("NOTELAB_WORKERS_START_TIMEOUT", "3")
     before, procs = names(), vllm_pids()
