@@ -2,7 +2,8 @@
 Debian's chromium by Playwright. A worker launched from the Workers panel becomes ready and stops; a
 notebook run from the file browser's "Run as experiment" shows its metrics and output notebook, and a
 sweep its variants; MLflow opens from the launcher inside the lab; the Knowledge panel creates a knowledge
-base, ingests uploads and a file from the file browser, searches and opens hits. Screenshots of each panel are kept in
+base, ingests uploads and a file from the file browser, searches and opens hits; the Chat panel answers from it
+with a citation that opens, and the chat saved as a notebook runs with `notelab run`. Screenshots of each panel are kept in
 `test-artifacts/screenshots/`."""
 import asyncio
 import json
@@ -397,3 +398,48 @@ def test_knowledge_panel_creates_ingests_searches_and_drops(kb_files, page, lab)
     page.locator(".jp-Dialog-button.jp-mod-warn").click()
     page.locator("[data-kb=papers]").wait_for(state="detached")
     assert "papers" not in [k["name"] for k in api(lab, "knowledge")]
+
+
+@pytest.mark.browser
+@pytest.mark.worker
+def test_chat_answers_with_citations_and_saves_as_a_notebook(page, lab, shared):
+    "The Chat panel: a question to the shared worker, grounded in a knowledge base; the answer streams, cites a "
+    "source that opens in the lab; the chat saved as a notebook runs with `notelab run`."
+    (lab.root / "chat-notes").mkdir(exist_ok=True)
+    (lab.root / "chat-notes" / "retries.md").write_text(
+        "# Retries\n\nA request that fails is retried with exponential backoff: wait 1 s, then 2 s, then 4 s.\n")
+    auth = {"Authorization": f"token {lab.token}"}
+    r = httpx.post(f"{lab.url}notelab/api/knowledge", json={"name": "chat-kb"}, headers=auth, timeout=60)
+    assert r.status_code == 201, r.text
+    job = httpx.post(f"{lab.url}notelab/api/knowledge/chat-kb/ingest", json={"paths": ["chat-notes"]}, headers=auth,
+                     timeout=60).json()
+    while (j := api(lab, f"knowledge/chat-kb/jobs/{job['id']}"))["state"] == "running":
+        time.sleep(0.2)
+    assert j["report"]["added"] == ["chat-notes/retries.md"], j
+
+    page.locator(".jp-LauncherCard[data-category=notelab]", has_text="Chat").click()
+    page.locator(f"select[name=chat-worker] option[value='{shared}']").wait_for(state="attached")
+    page.locator("select[name=chat-kb] option[value='chat-kb']").wait_for(state="attached")
+    page.locator("select[name=chat-kb]").select_option("chat-kb")
+    page.locator("textarea[name=chat-input]").fill("How long does the client wait before the second retry?")
+    page.locator("[data-testid=chat-form] [data-action=send]").click()
+    reply = page.locator("[data-testid=chat-log] .nl-msg[data-role=assistant][data-state=done]")
+    reply.wait_for(timeout=300_000)
+    cite = reply.locator("[data-testid=citations] a.nl-cite[data-source='chat-notes/retries.md']")
+    cite.wait_for()
+    shot(page, "chat-answer")
+    cite.click()  # the cited source opens in the lab
+    page.locator(".lm-TabBar-tab.jp-mod-current", has_text="retries.md").wait_for()
+
+    page.locator("[data-testid=chat-form] [data-action=save]").click()
+    page.wait_for_function("() => document.querySelector('#notelab-chat').dataset.saved")
+    saved = page.evaluate("() => document.querySelector('#notelab-chat').dataset.saved")
+    assert saved.startswith("notelab-chats/") and (lab.root / saved).is_file()
+    page.locator(".jp-NotebookPanel .jp-Cell", has_text="How long does the client wait").first.wait_for()
+    shot(page, "chat-saved")
+    # the saved chat is an experiment: it runs with notelab run, answering again from the same knowledge base
+    r = subprocess.run([str(BIN / "notelab"), "run", str(lab.root / saved), "-p", "worker", shared, "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = json.loads(r.stdout)
+    assert run["status"] == "FINISHED" and run["metrics"]["answered"] == 1.0, run

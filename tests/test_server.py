@@ -246,6 +246,55 @@ async def test_knowledge_from_the_api(jp_fetch, jp_root_dir, monkeypatch):
     assert code == 200 and name not in [k["name"] for k in kbs]
 
 
+def figures(worker: str) -> tuple[float, float, float]:
+    "(requests running, requests finished, tokens generated) over the worker's ready replicas, from vLLM's /metrics."
+    from notelab.workers import get_worker
+
+    running = finished = tokens = 0.0
+    for r in get_worker(worker).ready:
+        text = httpx.get(r.base_url.removesuffix("/v1") + "/metrics", timeout=30).text
+        running += sum(v for _, v in samples(text, "vllm:num_requests_running"))
+        finished += sum(v for _, v in samples(text, "vllm:request_success_total"))  # stop, length, ... (not abort)
+        tokens += sum(v for _, v in samples(text, "vllm:generation_tokens_total"))
+    return running, finished, tokens
+
+
+@pytest.mark.worker
+async def test_chat_streams_and_stops_when_the_browser_goes_away(jp_fetch, shared, jp_http_port, jp_base_url,
+                                                                  jp_serverapp):
+    "POST chat: bad turns are refused naming the field; an answer streams as events; a client that leaves stops it."
+    code, e = await call(jp_fetch, "POST", "chat", {"worker": shared, "messages": [{"role": "assistant", "content": "x"}]})
+    assert (code, e["field"]) == (400, "messages")
+    code, e = await call(jp_fetch, "POST", "chat", {"worker": "nobody", "messages": [{"role": "user", "content": "q"}]})
+    assert code == 404 and "nobody" in e["error"]
+    code, e = await call(jp_fetch, "POST", "chat", {"worker": shared, "kb": "ghost",
+                                                    "messages": [{"role": "user", "content": "q"}]})
+    assert (code, e["field"]) == (404, "kb")
+    code, text = await call(jp_fetch, "POST", "chat", {"worker": shared, "max_tokens": 8,
+                                                       "messages": [{"role": "user", "content": "Say hello."}]})
+    assert code == 200 and text.startswith("event: ") and "event: done" in text, text
+    # a client that goes away after the first words: the worker stops generating (the request neither finishes
+    # nor goes on: vLLM aborts it, and does not count it as finished)
+    _, finished, tokens = figures(shared)
+    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}notelab/api/chat"
+    body = {"worker": shared, "max_tokens": 1500, "messages": [
+        {"role": "user", "content": "Write the numbers from 1 to 1000, separated by commas: 1, 2, 3, 4, 5, 6,"}]}
+    async with httpx.AsyncClient(timeout=120) as http:
+        async with http.stream("POST", url, json=body,
+                               headers={"Authorization": f"token {jp_serverapp.identity_provider.token}"}) as r:
+            assert r.status_code == 200
+            seen = 0
+            async for line in r.aiter_lines():
+                seen += line.startswith("event: text")
+                if seen >= 3:
+                    break  # and close the connection
+    deadline = asyncio.get_running_loop().time() + 60
+    while (now := figures(shared))[0] > 0:
+        assert asyncio.get_running_loop().time() < deadline, "the worker went on generating for a client that left"
+        await asyncio.sleep(0.5)
+    assert now[1] == finished and now[2] - tokens < 200, (finished, tokens, now)
+
+
 def test_openapi_follows_the_rules():
     "The API's documented patterns and enums are the library's rules, not copies that drift."
     from pathlib import Path

@@ -36,5 +36,6 @@ async def test_a_read_only_user_reads_but_changes_nothing(jp_fetch):
     for method, path in [("POST", ("workers",)), ("DELETE", ("workers", "x")), ("POST", ("workers", "x", "scale")),
                          ("POST", ("runs",)), ("POST", ("runs", "x", "cancel")), ("POST", ("sweeps",)),
                          ("POST", ("knowledge",)), ("DELETE", ("knowledge", "x")), ("POST", ("knowledge", "x", "files")),
-                         ("POST", ("knowledge", "x", "ingest")), ("DELETE", ("knowledge", "x", "source"))]:
+                         ("POST", ("knowledge", "x", "ingest")), ("DELETE", ("knowledge", "x", "source")),
+                         ("POST", ("chat",)), ("POST", ("chat", "notebook"))]:
         assert await status(jp_fetch, method, *path) == 403, (method, path)

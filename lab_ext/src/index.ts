@@ -1,4 +1,4 @@
-// notelab in JupyterLab: the Workers, Experiments and Knowledge side panels, launcher tiles for them and
+// notelab in JupyterLab: the Workers, Experiments, Knowledge and Chat side panels, launcher tiles for them and
 // for MLflow (served inside the lab by jupyter-server-proxy), "Run as experiment" on notebooks and "Add to
 // knowledge base" on files.
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
@@ -11,6 +11,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { labUrl } from './api';
 import { comparePanel, comparePanelId } from './compare';
 import { ExperimentsPanel } from './experiments';
+import { ChatPanel } from './chat';
 import { KnowledgePanel, sourcePanel } from './knowledge';
 import { logPanel } from './workers';
 import { WorkersPanel } from './workers';
@@ -30,6 +31,10 @@ export const knowledgeIcon = new LabIcon({
   name: 'notelab:knowledge',
   svgstr: svg('M6 2h11a2 2 0 0 1 2 2v16a2 2 0 0 1-2 2H6a2 2 0 0 1-2-2V4a2 2 0 0 1 2-2zm1 3v2h9V5zm0 4v2h9V9zm0 4v2h6v-2z')
 });
+export const chatIcon = new LabIcon({
+  name: 'notelab:chat',
+  svgstr: svg('M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2zm3 5v2h10V8zm0 4v2h7v-2z')
+});
 export const mlflowIcon = new LabIcon({
   name: 'notelab:mlflow',
   svgstr: svg('M3 20h18v2H3zM5 10h3v8H5zm5-6h3v14h-3zm5 9h3v5h-3z')
@@ -43,6 +48,7 @@ namespace CommandIDs {
   export const logs = 'notelab:worker-logs';
   export const knowledge = 'notelab:open-knowledge';
   export const addToKb = 'notelab:add-to-knowledge-base';
+  export const chat = 'notelab:open-chat';
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
@@ -77,21 +83,30 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     experiments.title.icon = experimentsIcon;
-    const knowledge = new KnowledgePanel({
-      openPath: (path, loc) => void openAt(path, loc),
-      openSource: (kb, source, loc) => void sourcePanel(kb, source, loc).then(panel => {
+    const knowledgeHost = {
+      openPath: (path: string, loc: Record<string, number>) => void openAt(path, loc),
+      openSource: (kb: string, source: string, loc: Record<string, number>) => void sourcePanel(kb, source, loc).then(panel => {
         [...shell.widgets('main')].find(w => w.id === panel.id)?.dispose();  // a fresh one, at the new place
         shell.add(panel, 'main');
         shell.activateById(panel.id);
       })
-    });
+    };
+    const knowledge = new KnowledgePanel(knowledgeHost);
     knowledge.title.icon = knowledgeIcon;
+    const chat = new ChatPanel({
+      openPath: (path, loc) => void openAt(path, loc),
+      openSource: (kb, source, loc) => knowledgeHost.openSource(kb, source, loc),
+      openNotebook: path => void docs.openOrReveal(path)
+    });
+    chat.title.icon = chatIcon;
     shell.add(workers, 'left', { rank: 600 });
     shell.add(experiments, 'left', { rank: 601 });
     shell.add(knowledge, 'left', { rank: 602 });
+    shell.add(chat, 'left', { rank: 603 });
     restorer?.add(workers, workers.id);
     restorer?.add(experiments, experiments.id);
     restorer?.add(knowledge, knowledge.id);
+    restorer?.add(chat, chat.id);
 
     /** Open a file under the root at a hit's place: a line in an editor, a cell in a notebook. */
     async function openAt(path: string, loc: Record<string, number>): Promise<void> {
@@ -128,6 +143,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       caption: 'Knowledge bases: add documents, watch them ingest, search',
       icon: knowledgeIcon,
       execute: () => shell.activateById(knowledge.id)
+    });
+    commands.addCommand(CommandIDs.chat, {
+      label: 'Chat',
+      caption: 'Ask a worker, grounded in a knowledge base, with citations',
+      icon: chatIcon,
+      execute: () => shell.activateById(chat.id)
     });
     commands.addCommand(CommandIDs.addToKb, {
       label: 'Add to knowledge base',
@@ -219,7 +240,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
 
     for (const [command, rank] of [[CommandIDs.workers, 1], [CommandIDs.experiments, 2], [CommandIDs.knowledge, 3],
-      [CommandIDs.mlflow, 4]] as const) {
+      [CommandIDs.chat, 4], [CommandIDs.mlflow, 5]] as const) {
       launcher?.add({ command, category: 'notelab', rank });
       palette?.addItem({ command, category: 'notelab' });
     }

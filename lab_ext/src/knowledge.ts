@@ -55,6 +55,7 @@ export class KnowledgePanel extends LivePanel {
 
   /** The knowledge bases, and the one selected. */
   async refresh(): Promise<void> {
+    const selected = this.selected;  // a selection made while the list was on its way is not undone by it
     let kbs: IKnowledgeBase[];
     try {
       kbs = await requestApi<IKnowledgeBase[]>('knowledge');
@@ -65,6 +66,9 @@ export class KnowledgePanel extends LivePanel {
     this.list.replaceChildren(
       ...(kbs.length ? kbs.map(kb => this.card(kb)) : [h('div', { class: 'nl-empty' }, 'No knowledge base yet: create one above.')])
     );
+    if (selected !== this.selected) {
+      return;
+    }
     if (this.selected && !kbs.some(kb => kb.name === this.selected)) {
       this.select('');
     } else if (this.selected) {

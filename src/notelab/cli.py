@@ -590,8 +590,9 @@ def run_cmd(ctx: typer.Context,
     "Run a notebook with parameters as a tracked MLflow job; a failing cell marks the run FAILED (exit 1)."
     from notelab.runs import run, submit
 
-    params = _params(notebook, _pairs(ctx.args), file)
+    pairs = _pairs(ctx.args)
     if _target(target) == "cluster" or detach:
+        params = _params(notebook, pairs, file)
         h = submit(notebook, params, target=target, experiment=experiment, name=name, output=output,
                    timeout=timeout, namespace=namespace)
         if detach:
@@ -606,8 +607,9 @@ def run_cmd(ctx: typer.Context,
         except KeyboardInterrupt:
             r = h.cancel()
     else:
-        r = run(notebook, params, experiment=experiment, output=output, name=name, timeout=timeout,
-                show_progress=not as_json, raise_on_failure=False, dedicated=True)
+        # the values are read by the notebook's declared types while its kernel boots
+        r = run(notebook, lambda: _params(notebook, pairs, file), experiment=experiment, output=output, name=name,
+                timeout=timeout, show_progress=not as_json, raise_on_failure=False, dedicated=True)
     if r.status != "FINISHED" and not as_json:
         what = "failed" if r.status == "FAILED" else "was stopped"
         raise NotelabError(f"{Path(notebook).name} {what}: {r.error}. The output notebook is {r.output_notebook}; "

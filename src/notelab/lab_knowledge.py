@@ -196,8 +196,8 @@ class Knowledge:
         return next((dict(j) for j in self.jobs.values() if j["kb"] == name and j["state"] == "running"), None)
 
     def _last(self, name: str) -> dict | None:
-        mine = [j for j in self.jobs.values() if j["kb"] == name]
-        return dict(max(mine, key=lambda j: j["started"])) if mine else None
+        mine = [j for j in self.jobs.values() if j["kb"] == name]  # in the order they started
+        return dict(mine[-1]) if mine else None
 
     def _start(self, name: str, files: list[Path], root: Path, stage=None) -> dict:
         "Start an ingest of `files` (sources named under `root`) into `name`; `stage()` first writes them there."

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .core import (ExperimentError, InvalidInput, ProcessRef, RunNotFoundError, atomic_write, gc_paused,
                           kill_tree, private_log, progress, records, tail)
@@ -457,11 +457,14 @@ def _progress_on() -> bool:
     return progress_style() != "none"
 
 # %% ../../nbs/14d_runs.ipynb #7422c10a
-def run(notebook: str | Path, params: Mapping[str, Any] | None = None, *, experiment: str | None = None,
-        output: str | Path | None = None, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None,
-        name: str | None = None, kernel: str | None = None, timeout: float | None = None, show_progress: bool = True,
-        raise_on_failure: bool = True, dedicated: bool = False) -> Run:
-    "Execute `notebook` with `params` as a tracked MLflow run, here; raises `RunFailed` when a cell fails."
+def run(notebook: str | Path, params: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None, *,
+        experiment: str | None = None, output: str | Path | None = None, parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None, name: str | None = None, kernel: str | None = None,
+        timeout: float | None = None, show_progress: bool = True, raise_on_failure: bool = True,
+        dedicated: bool = False) -> Run:
+    """Execute `notebook` with `params` as a tracked MLflow run, here; raises `RunFailed` when a cell fails.
+    `params` may be a function that gives them, called while the kernel boots (the CLI reads `-p` values by the
+    notebook's declared types, which takes papermill's import: the kernel need not wait for it)."""
     draft = {"notebook": str(notebook_path(notebook)), "kernel": kernel}
     folder = _new_folder()
     env = {"NOTELAB_RUN_DIR": str(folder), "MLFLOW_TRACKING_URI": tracking_uri(), **settings().to_env()}
@@ -474,6 +477,8 @@ def run(notebook: str | Path, params: Mapping[str, Any] | None = None, *, experi
             km = _start_kernel(draft, folder, env, await_run=True)
         with gc_paused():
             import papermill  # noqa: F401  (the check and the run need it; see `gc_paused`)
+        if callable(params):
+            params = params()
         checked = _check(notebook, params, experiment=experiment, timeout=timeout, target="local")
         spec = _prepare(notebook, params, experiment=experiment, name=name, parent_run_id=parent_run_id, tags=tags,
                         output=output, timeout=timeout, kernel=kernel, target="local", checked=checked, folder=folder)

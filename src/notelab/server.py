@@ -28,7 +28,7 @@ __all__ = ['OPENAI_PATHS', 'ROUTES', 'field', 'cluster_spec', 'cluster', 'cluste
            'HistoryHandler', 'LogsHandler', 'MetricsHandler', 'ParamsHandler', 'RunsHandler', 'RunHandler',
            'CancelHandler', 'CompareHandler', 'SweepsHandler', 'KnowledgeHandler', 'KnowledgeBaseHandler',
            'KnowledgeFilesHandler', 'KnowledgeIngestHandler', 'KnowledgeJobHandler', 'KnowledgeSourceHandler',
-           'KnowledgeSearchHandler', 'WorkerProxyHandler', 'NotelabApp']
+           'KnowledgeSearchHandler', 'ChatHandler', 'ChatNotebookHandler', 'WorkerProxyHandler', 'NotelabApp']
 
 # %% ../../nbs/17_server.ipynb #ec1cad0b
 def field(body: dict, name: str, kind, default=None, *, required: bool = False, check=None, hint: str = ""):
@@ -891,6 +891,77 @@ class KnowledgeSearchHandler(_Base):
         await self.guarded(self.service.knowledge.search, kb, arg("q", ""), arg("k", "5"), arg("mode", "hybrid"))
 
 
+class ChatHandler(_Base):
+    """A chat turn (`notelab.lab_chat`), answered as server-sent events: `text` as the worker writes, then `done`
+    with the citations (or `error`). A browser that goes away stops the worker's generation."""
+
+    def initialize(self, *a, **kw):
+        super().initialize(*a, **kw)
+        self.gone = threading.Event()
+
+    def on_connection_close(self):
+        self.gone.set()
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        from notelab.lab_chat import ChatClosed, answer, check_turn
+        from notelab.workers import get_worker
+
+        loop = asyncio.get_running_loop()
+        know = self.service.knowledge
+        try:
+            turn = check_turn(self.body())
+            await loop.run_in_executor(self.service.executor, lambda: get_worker(turn["worker"], probe=False))
+            if turn["kb"]:
+                await loop.run_in_executor(self.service.executor, know._open, turn["kb"])
+        except NotelabError as e:
+            return self.fail(e)
+        events: asyncio.Queue = asyncio.Queue()
+
+        def on_text(t: str):
+            if self.gone.is_set():
+                raise ChatClosed("the browser went away")
+            loop.call_soon_threadsafe(events.put_nowait, ("text", {"text": t}))
+
+        def go():
+            try:
+                done = answer(turn, on_text, know._where)
+                loop.call_soon_threadsafe(events.put_nowait, ("done", done))
+            except ChatClosed:
+                loop.call_soon_threadsafe(events.put_nowait, ("closed", {}))
+            except Exception as e:  # noqa: BLE001 - the panel shows it
+                loop.call_soon_threadsafe(events.put_nowait, ("error", {"error": str(e) or type(e).__name__,
+                                                                        "field": getattr(e, "field", None)}))
+
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        loop.run_in_executor(self.service.executor, go)
+        while True:
+            kind, data = await events.get()
+            if kind == "closed":
+                return
+            try:
+                self.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n")
+                await self.flush()
+            except Exception:  # the browser went away: the next piece of text stops the worker
+                self.gone.set()
+                return
+            if kind != "text":
+                break
+        self.finish()
+
+
+class ChatNotebookHandler(_Base):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        from notelab.lab_chat import save_chat
+
+        await self.guarded(save_chat, self.service.root, status=201, body=True)
+
+
 class WorkerProxyHandler(_Base):
     "A worker's OpenAI API through the lab: the lab's auth outside, the worker's key inside, routed, streamed."
 
@@ -955,7 +1026,8 @@ ROUTES = [("models", ModelsHandler), ("rules", RulesHandler), ("metrics", Promet
           ("knowledge", KnowledgeHandler), (r"knowledge/([^/]+)", KnowledgeBaseHandler),
           (r"knowledge/([^/]+)/files", KnowledgeFilesHandler), (r"knowledge/([^/]+)/ingest", KnowledgeIngestHandler),
           (r"knowledge/([^/]+)/jobs/([^/]+)", KnowledgeJobHandler), (r"knowledge/([^/]+)/source", KnowledgeSourceHandler),
-          (r"knowledge/([^/]+)/search", KnowledgeSearchHandler)]
+          (r"knowledge/([^/]+)/search", KnowledgeSearchHandler), ("chat", ChatHandler),
+          ("chat/notebook", ChatNotebookHandler)]
 
 
 class NotelabApp(ExtensionApp):
