@@ -223,6 +223,28 @@ def fusion_grid(kb: KnowledgeBase, qa: list[dict], qual, what: str) -> Table:
     return t
 
 
+def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: list[int]) -> None:
+    "The approximate index: its build, its latency and recall against the exact scan, and an ingest of 1% more."
+    words = " ".join(f.read_text() for f in folder.glob("*.txt")).split()
+    centers = np.stack(kb.table.to_pandas()["vector"].to_numpy()).astype(np.float32)
+    t = Table(title=f"vector index (\\[rag] index_type, nprobes, refine_factor from settings) on synthetic KBs around "
+                    f"the pydoc corpus's {len(centers)} real embeddings; ms per query, query embedding included; "
+                    "recall@10 of the indexed vector search against an exact scan", title_justify="left")
+    for c in ("chunks", "table + FTS s", "index s", "vector p50 exact", "vector p50 indexed", "vector p95 exact",
+              "vector p95 indexed", "hybrid p95 exact", "hybrid p95 indexed", "recall@10", "+1% s (ratio to index s)",
+              "recall@10 after"):
+        t.add_column(c, justify="right")
+    for n in sizes:
+        r = bench_index(n, words, centers, questions)
+        e, i = r["exact"], r["indexed"]
+        t.add_row(f"{n:,} ({r['index']})", f"{r['build_s']:.0f}", f"{r['index_s']:.0f}", f"{e['vector'][0]:.1f}",
+                  f"{i['vector'][0]:.1f}", f"{e['vector'][1]:.1f}", f"{i['vector'][1]:.1f}", f"{e['hybrid'][1]:.1f}",
+                  f"{i['hybrid'][1]:.1f}", f"{r['recall@10']:.3f}", f"{r['more_s']:.1f} ({r['more_s'] / r['index_s']:.2f})",
+                  f"{r['recall@10 after']:.3f}")
+    console.print(t)
+
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -232,6 +254,8 @@ def main():
     ap.add_argument("--skip-llamaindex", action="store_true")
     ap.add_argument("--grid-only", action="store_true", help="ingestion and the fusion grids only")
     ap.add_argument("--dtypes-only", action="store_true", help="ingestion and the float32/bfloat16 table only")
+    ap.add_argument("--index-only", action="store_true",
+                    help="the vector-index table only (e.g. --index-only --index-sizes 1000000)")
     a = ap.parse_args()
     folder, qa_path = pydoc_corpus(tempfile.mkdtemp(prefix="bench-corpus-"))
     qa = read_qa(qa_path)
@@ -246,6 +270,8 @@ def main():
     console.print(t)
 
     kb = KnowledgeBase.open("bench-ingest")
+    if a.index_only:
+        return index_table(kb, folder, questions, a.index_sizes)
     qual = kb.evaluate(qa, k=5, show_progress=False).set_index("mode")
     sfolder, sqa = stdlib_corpus(tempfile.mkdtemp(prefix="bench-corpus-"))
     console.print(bench_dtypes({"pydoc": (folder, qa_path), "stdlib": (sfolder, sqa)}))
@@ -274,23 +300,7 @@ def main():
         t.add_row(f"{n:,} (synthetic)", *(f"{lat[m][0]:.1f}" for m in MODES), *(f"{lat[m][1]:.1f}" for m in MODES))
     console.print(t)
 
-    # the approximate index: its build, its latency and recall against the exact scan, and an ingest of 1% more
-    centers = np.stack(kb.table.to_pandas()["vector"].to_numpy()).astype(np.float32)
-    t = Table(title=f"vector index ([rag] index_type, nprobes, refine_factor from settings) on synthetic KBs around "
-                    f"the pydoc corpus's {len(centers)} real embeddings; ms per query, query embedding included; "
-                    "recall@10 of the indexed vector search against an exact scan", title_justify="left")
-    for c in ("chunks", "table + FTS s", "index s", "vector p50 exact", "vector p50 indexed", "vector p95 exact",
-              "vector p95 indexed", "hybrid p95 exact", "hybrid p95 indexed", "recall@10", "+1% s (ratio to index s)",
-              "recall@10 after"):
-        t.add_column(c, justify="right")
-    for n in a.index_sizes:
-        r = bench_index(n, words, centers, questions)
-        e, i = r["exact"], r["indexed"]
-        t.add_row(f"{n:,} ({r['index']})", f"{r['build_s']:.0f}", f"{r['index_s']:.0f}", f"{e['vector'][0]:.1f}",
-                  f"{i['vector'][0]:.1f}", f"{e['vector'][1]:.1f}", f"{i['vector'][1]:.1f}", f"{e['hybrid'][1]:.1f}",
-                  f"{i['hybrid'][1]:.1f}", f"{r['recall@10']:.3f}", f"{r['more_s']:.1f} ({r['more_s'] / r['index_s']:.2f})",
-                  f"{r['recall@10 after']:.3f}")
-    console.print(t)
+    index_table(kb, folder, questions, a.index_sizes)
 
     if not a.skip_llamaindex:
         li = bench_llamaindex(folder, qa)
