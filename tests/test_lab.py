@@ -368,7 +368,7 @@ def test_knowledge_panel_creates_ingests_searches_and_drops(kb_files, page, lab)
     assert "1 added" in page.locator("[data-testid=kb-job][data-state=done]").inner_text()
     kb = next(k for k in api(lab, "knowledge") if k["name"] == "papers")
     assert (kb["documents"], kb["job"]) == (2, None)
-    assert "2 documents" in page.locator("[data-kb=papers]").inner_text()
+    page.locator("[data-kb=papers]", has_text="2 documents").wait_for()
 
     # search; a hit under the root opens in the lab at its line
     search = detail.locator("[data-testid=kb-search]")

@@ -40,6 +40,7 @@ export class KnowledgePanel extends LivePanel {
   private list = h('div', { class: 'nl-list', 'data-testid': 'kb-list' });
   private detail = h('div', { class: 'nl-kb-detail', 'data-testid': 'kb-detail' });
   private selected = '';
+  private asked = 0;
   private job: IIngestJob | null = null;
   private jobBox = h('div', { class: 'nl-job', 'data-testid': 'kb-job' });
   private sources = h('div', { 'data-testid': 'kb-sources' });
@@ -56,11 +57,15 @@ export class KnowledgePanel extends LivePanel {
   /** The knowledge bases, and the one selected. */
   async refresh(): Promise<void> {
     const selected = this.selected;  // a selection made while the list was on its way is not undone by it
+    const asked = ++this.asked;  // nor is a newer list by an older one that answered late
     let kbs: IKnowledgeBase[];
     try {
       kbs = await requestApi<IKnowledgeBase[]>('knowledge');
     } catch (e) {
       this.list.replaceChildren(h('div', { class: 'nl-error' }, (e as Error).message));
+      return;
+    }
+    if (asked !== this.asked) {
       return;
     }
     this.list.replaceChildren(

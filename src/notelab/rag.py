@@ -587,19 +587,22 @@ def _ask(kb: KnowledgeBase, question: str, *, worker, k, mode, max_tokens, on_te
                                             messages=_prompt(question, hits, instruction or INSTRUCTION, system),
                                             stream=True, stream_options={"include_usage": True},
                                             extra_body={"min_tokens": 2})
-    for ch in stream:
-        if ch.usage:
-            usage = {"prompt_tokens": ch.usage.prompt_tokens, "completion_tokens": ch.usage.completion_tokens}
-        if not ch.choices:
-            continue
-        finish = ch.choices[0].finish_reason or finish
-        t = ch.choices[0].delta.content or ""
-        if not parts:
-            t = t.lstrip()
-        if t:
-            parts.append(t)
-            if on_text:
-                on_text(t)
+    try:
+        for ch in stream:
+            if ch.usage:
+                usage = {"prompt_tokens": ch.usage.prompt_tokens, "completion_tokens": ch.usage.completion_tokens}
+            if not ch.choices:
+                continue
+            finish = ch.choices[0].finish_reason or finish
+            t = ch.choices[0].delta.content or ""
+            if not parts:
+                t = t.lstrip()
+            if t:
+                parts.append(t)
+                if on_text:
+                    on_text(t)  # it may raise to stop (the lab's chat, when the browser went away)
+    finally:
+        stream.close()  # closed at once, not when collected: the worker stops generating for a reader who left
     text = "".join(parts).strip()
     ids = list(hits["id"])
     vecs = np.stack(kb.table.search().where(f"id IN ({', '.join(_sql(i) for i in ids)})")
