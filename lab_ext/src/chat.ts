@@ -10,6 +10,7 @@ export interface ICitation {
   n: number;
   source: string;
   location: string;
+  loc: Record<string, number>;
   heading?: string;
   path?: string | null;
   uploaded?: boolean;
@@ -24,18 +25,6 @@ export interface IChatHost {
 interface IMessage {
   role: 'user' | 'assistant';
   content: string;
-}
-
-/** "line 12" / "cell 3, line 2" as numbers. */
-function parseLoc(text: string): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const part of (text || '').split(', ')) {
-    const [key, n] = part.split(' ');
-    if (n && /^\d+$/.test(n)) {
-      out[key] = Number(n);
-    }
-  }
-  return out;
 }
 
 export class ChatPanel extends LivePanel {
@@ -183,11 +172,10 @@ export class ChatPanel extends LivePanel {
         title: c.heading ?? '',
         onclick: (e: Event) => {
           e.preventDefault();
-          const loc = parseLoc(c.location);
           if (c.path) {
-            this.host.openPath(c.path, loc);
+            this.host.openPath(c.path, c.loc);
           } else if (kb) {
-            this.host.openSource(kb, c.source, loc);
+            this.host.openSource(kb, c.source, c.loc);
           }
         } }, `[${c.n}] ${c.source}${c.location ? ' · ' + c.location : ''}`))));
   }

@@ -486,7 +486,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'notelab.rag._ask': ('rag.html#_ask', 'notelab/rag.py'),
                              'notelab.rag._batches': ('rag.html#_batches', 'notelab/rag.py'),
                              'notelab.rag._evaluate': ('rag.html#_evaluate', 'notelab/rag.py'),
-                             'notelab.rag._hashes_of': ('rag.html#_hashes_of', 'notelab/rag.py'),
                              'notelab.rag._ingest': ('rag.html#_ingest', 'notelab/rag.py'),
                              'notelab.rag._loc_text': ('rag.html#_loc_text', 'notelab/rag.py'),
                              'notelab.rag._prompt': ('rag.html#_prompt', 'notelab/rag.py'),

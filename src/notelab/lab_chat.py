@@ -68,8 +68,11 @@ def answer(turn: dict, on_text, where=None) -> dict:
                        on_text=on_text, system=system)
         except RagError as e:
             raise InvalidInput("kb", str(e)) from None
-        roots = kb.file_hashes()
-        cites = [{**c, **(where(kb.name, roots.get(c["source"], ("", ""))[1], c["source"]) if where else {})}
+        from notelab.lab_knowledge import location
+
+        roots = kb.file_hashes([c["source"] for c in a.citations])
+        cites = [{**c, "loc": location(c["location"]),
+                  **(where(kb.name, roots.get(c["source"], ("", ""))[1], c["source"]) if where else {})}
                  for c in a.citations]
         return {"citations": cites, "usage": a.usage, "finish_reason": a.finish_reason}
     client = connect(turn["worker"])

@@ -136,7 +136,7 @@ class Knowledge:
         kb = self._open(name)
         if not source:
             raise InvalidInput("source", "source: name one of the knowledge base's sources")
-        roots = kb.file_hashes()
+        roots = kb.file_hashes([source])
         if source not in roots:
             raise InvalidInput("source", f"knowledge base {name!r} has no source {source!r}", 404)
         f = Path(roots[source][1]) / source
@@ -152,7 +152,7 @@ class Knowledge:
         from notelab.rag import RagError
 
         kb = self._open(name)
-        roots = kb.file_hashes()
+        roots = kb.file_hashes([source]) if source else {}
         if not source or source not in roots:
             raise InvalidInput("source", f"knowledge base {name!r} has no source {source!r}", 404)
         with self.lock:
@@ -186,7 +186,7 @@ class Knowledge:
             hits = kb.search(query, k=k, mode=mode)
         except RagError as e:
             raise InvalidInput("q", str(e)) from None
-        roots = kb.file_hashes()
+        roots = kb.file_hashes(sorted(set(hits.source)))  # the hits' sources only, not the whole table
         return [{"rank": int(h.rank), "score": float(h.score), "source": h.source, "heading": h.heading,
                  "text": h.text, "location": h.location, "loc": location(h.location),
                  **self._where(name, roots.get(h.source, ("", ""))[1], h.source)} for h in hits.itertuples()]

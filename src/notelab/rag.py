@@ -201,10 +201,16 @@ class KnowledgeBase:
         return FileLock(str(self.path / ".write.lock"))
 
     # -- what is in it -------------------------------------------------------------------------------------
-    def file_hashes(self) -> dict[str, tuple[str, str]]:
-        "{source: (file sha256, root)} of every document in the KB."
-        t = self.table.to_arrow().select(["source", "file_hash", "root"]).to_pandas().drop_duplicates("source")
-        return {r.source: (r.file_hash, r.root) for r in t.itertuples()}
+    def file_hashes(self, sources: Sequence[str] | None = None) -> dict[str, tuple[str, str]]:
+        "{source: (file sha256, root)} of every document in the KB, or of `sources` only (a filtered scan)."
+        if sources is None:
+            t = self.table.to_arrow().select(["source", "file_hash", "root"]).to_pandas()
+        elif not sources:
+            return {}
+        else:
+            t = self.table.to_lance().to_table(columns=["source", "file_hash", "root"],
+                                               filter=f"source IN ({', '.join(_sql(s) for s in sources)})").to_pandas()
+        return {r.source: (r.file_hash, r.root) for r in t.drop_duplicates("source").itertuples()}
 
     def sources(self) -> pd.DataFrame:
         "One row per document: source, chunks, root, sha256."
@@ -258,7 +264,7 @@ class KnowledgeBase:
     def remove(self, source: str) -> int:
         "Delete one document's chunks; returns how many were deleted."
         with self._lock():
-            if source not in self.file_hashes():
+            if not self.file_hashes([source]):
                 raise RagError(f"knowledge base {self.name!r} has no source {source!r}; "
                                f"`notelab rag ls --kb {self.name}` lists its sources")
             tbl = self.table
@@ -320,22 +326,13 @@ def _batches(todo, emb, kb: KnowledgeBase, rep: IngestReport, size: int):
         yield group
 
 
-def _hashes_of(tbl, sources) -> dict[str, tuple[str, str]]:
-    "{source: (file sha256, root)} of these sources only (a filtered scan, not the whole table)."
-    if not sources:
-        return {}
-    t = tbl.to_lance().to_table(columns=["source", "file_hash", "root"],
-                                filter=f"source IN ({', '.join(_sql(s) for s in sources)})").to_pandas()
-    return {r.source: (r.file_hash, r.root) for r in t.drop_duplicates("source").itertuples()}
-
-
 def _write(kb: KnowledgeBase, group, vecs, rep: IngestReport, delete: Sequence[str] = ()) -> None:
     "Write one batch under the KB's lock: each file's chunks replace its old ones in one commit; `delete` goes too."
     import pyarrow as pa
 
     with kb._lock():
         tbl = kb.table
-        now = _hashes_of(tbl, [src for src, *_ in group])
+        now = kb.file_hashes([src for src, *_ in group])
         rows, replace, at = [], list(delete), 0
         for src, root, digest, chunks in group:
             vs = vecs[at:at + len(chunks)]
