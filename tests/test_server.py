@@ -270,6 +270,9 @@ async def test_chat_streams_and_stops_when_the_browser_goes_away(jp_fetch, share
     code, e = await call(jp_fetch, "POST", "chat", {"worker": shared, "kb": "ghost",
                                                     "messages": [{"role": "user", "content": "q"}]})
     assert (code, e["field"]) == (404, "kb")
+    code, e = await call(jp_fetch, "POST", "chat", {"worker": shared, "max_tokens": 8, "min_tokens": 9,
+                                                    "messages": [{"role": "user", "content": "q"}]})
+    assert (code, e["field"]) == (400, "min_tokens")
     code, text = await call(jp_fetch, "POST", "chat", {"worker": shared, "max_tokens": 8,
                                                        "messages": [{"role": "user", "content": "Say hello."}]})
     assert code == 200 and text.startswith("event: ") and "event: done" in text, text
@@ -277,7 +280,9 @@ async def test_chat_streams_and_stops_when_the_browser_goes_away(jp_fetch, share
     # nor goes on: vLLM aborts it, and does not count it as finished)
     _, finished, tokens = figures(shared)
     url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}notelab/api/chat"
-    body = {"worker": shared, "max_tokens": 1500, "messages": [
+    # min_tokens: the model may not end the answer itself before the client leaves (a small model sampled at
+    # the worker's default temperature once stopped after 27 tokens, and the request counted as finished)
+    body = {"worker": shared, "max_tokens": 1500, "min_tokens": 1500, "temperature": 0, "messages": [
         {"role": "user", "content": "Write the numbers from 1 to 1000, separated by commas: 1, 2, 3, 4, 5, 6,"}]}
     async with httpx.AsyncClient(timeout=120) as http:
         async with http.stream("POST", url, json=body,

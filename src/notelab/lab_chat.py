@@ -48,7 +48,12 @@ def check_turn(body: dict, asking: bool = True) -> dict:
         raise InvalidInput("messages", "messages: at least one question (role user)")
     most = settings().workers.max_model_len
     max_tokens = field(body, "max_tokens", int, 256, check=lambda n: 1 <= n <= most, hint=f"1 to {most}")
-    return {"worker": worker, "kb": kb or None, "messages": messages, "max_tokens": max_tokens}
+    temperature = field(body, "temperature", (int, float), check=lambda t: 0 <= t <= 2,
+                        hint="0 (greedy) to 2; leave it out for the worker's default")
+    min_tokens = field(body, "min_tokens", int, 0, check=lambda n: 0 <= n <= max_tokens,
+                       hint="0 to max_tokens: the model may not stop before it has written this many")
+    return {"worker": worker, "kb": kb or None, "messages": messages, "max_tokens": max_tokens,
+            "temperature": None if temperature is None else float(temperature), "min_tokens": min_tokens}
 
 # %% ../../nbs/17b_lab_chat.ipynb #8fd3897d
 def answer(turn: dict, on_text, where=None) -> dict:
@@ -65,7 +70,8 @@ def answer(turn: dict, on_text, where=None) -> dict:
         system = next((m["content"] for m in turn["messages"] if m["role"] == "system"), None)
         try:
             a = kb.ask(turn["messages"][-1]["content"], worker=turn["worker"], max_tokens=turn["max_tokens"],
-                       on_text=on_text, system=system)
+                       on_text=on_text, system=system, min_tokens=max(turn["min_tokens"], min(2, turn["max_tokens"])),
+                       **({} if turn["temperature"] is None else {"temperature": turn["temperature"]}))
         except RagError as e:
             raise InvalidInput("kb", str(e)) from None
         from notelab.lab_knowledge import location
@@ -77,8 +83,10 @@ def answer(turn: dict, on_text, where=None) -> dict:
         return {"citations": cites, "usage": a.usage, "finish_reason": a.finish_reason}
     client = connect(turn["worker"])
     usage, finish = {}, None
+    sampling = {} if turn["temperature"] is None else {"temperature": turn["temperature"]}
     stream = client.chat.completions.create(model=client.model, messages=turn["messages"], max_tokens=turn["max_tokens"],
-                                            stream=True, stream_options={"include_usage": True})
+                                            stream=True, stream_options={"include_usage": True}, **sampling,
+                                            extra_body={"min_tokens": turn["min_tokens"]})
     try:
         for ch in stream:
             if ch.usage:
@@ -99,7 +107,10 @@ def chat_notebook(turn: dict) -> "nbformat.NotebookNode":
     v4 = nbformat.v4
     p = v4.new_code_cell(f"worker = {turn['worker']!r}  # the worker that answers\n"
                          f"kb = {turn['kb'] or ''!r}  # the knowledge base answers come from ('': none)\n"
-                         f"max_tokens = {turn['max_tokens']}")
+                         f"max_tokens = {turn['max_tokens']}"
+                         + ("" if turn.get("temperature") is None else
+                            f"\ntemperature = {turn['temperature']!r}  # 0: greedy"))
+    sample = "" if turn.get("temperature") is None else ", temperature=temperature"
     p.metadata["tags"] = ["parameters"]
     cells = [v4.new_markdown_cell(f"# A chat, saved {datetime.now():%Y-%m-%d %H:%M}\n\n"
                                   "Each question is asked again below; run it with other parameters "
@@ -116,9 +127,9 @@ def chat_notebook(turn: dict) -> "nbformat.NotebookNode":
         cells.append(v4.new_markdown_cell(f"**Q:** {m['content']}"))
         q = json.dumps(m["content"], ensure_ascii=False)
         cells.append(v4.new_code_cell(
-            f"if kb:\n    a = ask({q}, kb=kb, worker=worker, max_tokens=max_tokens)\n    print(a)\n"
+            f"if kb:\n    a = ask({q}, kb=kb, worker=worker, max_tokens=max_tokens{sample})\n    print(a)\n"
             f"    answers.append(a.text)\nelse:\n    client = notelab.connect(worker)\n"
-            f"    r = client.chat.completions.create(model=client.model, max_tokens=max_tokens,\n"
+            f"    r = client.chat.completions.create(model=client.model, max_tokens=max_tokens{sample},\n"
             f"        messages={json.dumps(history + [{'role': 'user', 'content': m['content']}], ensure_ascii=False)})\n"
             f"    print(r.choices[0].message.content)\n    answers.append(r.choices[0].message.content)"))
         history.append({"role": "user", "content": m["content"]})

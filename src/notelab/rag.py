@@ -248,12 +248,13 @@ class KnowledgeBase:
 
     def ask(self, question: str, *, worker: str | None = None, k: int | None = None, mode: str = "hybrid",
             max_tokens: int = 200, on_text=None, embedder=None, system: str | None = None,
-            instruction: str | None = None, temperature: float = 0.0) -> "Answer":
+            instruction: str | None = None, temperature: float = 0.0,
+            min_tokens: int = 2) -> "Answer":
         "Answer `question` through a worker from this KB's best chunks, citing them (optionally with a system message)."
         self.note_use()
         return _ask(self, question, worker=worker, k=k or settings().rag.k, mode=mode, max_tokens=max_tokens,
                     on_text=on_text, embedder=embedder, system=system, instruction=instruction,
-                    temperature=temperature)
+                    temperature=temperature, min_tokens=min_tokens)
 
     def evaluate(self, qa, *, k: int | None = None, modes: Sequence[str] = MODES, embedder=None,
                  show_progress: bool = True) -> pd.DataFrame:
@@ -571,7 +572,7 @@ def attribute(answer: str, hits: pd.DataFrame, vectors: np.ndarray, emb: Embedde
 
 
 def _ask(kb: KnowledgeBase, question: str, *, worker, k, mode, max_tokens, on_text, embedder, system=None,
-         instruction=None, temperature=0.0) -> Answer:
+         instruction=None, temperature=0.0, min_tokens=2) -> Answer:
     from notelab.client import connect
 
     emb = kb._check_embedder(embedder)
@@ -583,7 +584,7 @@ def _ask(kb: KnowledgeBase, question: str, *, worker, k, mode, max_tokens, on_te
     stream = client.chat.completions.create(model=client.model, max_tokens=max_tokens, temperature=temperature,
                                             messages=_prompt(question, hits, instruction or INSTRUCTION, system),
                                             stream=True, stream_options={"include_usage": True},
-                                            extra_body={"min_tokens": 2})
+                                            extra_body={"min_tokens": min_tokens})
     try:
         for ch in stream:
             if ch.usage:
