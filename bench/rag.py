@@ -129,7 +129,29 @@ def vector_recall(kb: KnowledgeBase, questions: list[str], k: int = 10) -> float
     return same / (k * len(questions))
 
 
-def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[str]) -> dict:
+TUNE = [(nprobes, refine, ef) for nprobes in (10, 20, 40) for refine in (10, 30) for ef in (0, 100, 300)]
+
+
+def tune_grid(kb: KnowledgeBase, questions: list[str]) -> Table:
+    "Recall and latency of the indexed search for a grid of [rag] nprobes, refine_factor and ef on one built index."
+    t = Table(title=f"query settings on the same index ({kb.info()['chunks']:,} chunks): ms per query, query embedding "
+                    "included; recall@10 against an exact scan; settings.ini's row marked *", title_justify="left")
+    for c in ("nprobes", "refine_factor", "ef", "vector p50", "vector p95", "hybrid p95", "recall@10"):
+        t.add_column(c, justify="right")
+    from notelab.settings import settings
+
+    now = settings().rag
+    for nprobes, refine, ef in TUNE:
+        with patch.dict(os.environ, NOTELAB_RAG_NPROBES=str(nprobes), NOTELAB_RAG_REFINE_FACTOR=str(refine),
+                        NOTELAB_RAG_EF=str(ef)):
+            lat, rec = bench_queries(kb, questions, modes=("vector", "hybrid")), vector_recall(kb, questions)
+        mark = "*" if (nprobes, refine, ef) == (now.nprobes, now.refine_factor, now.ef) else ""
+        t.add_row(f"{nprobes}{mark}", str(refine), str(ef), f"{lat['vector'][0]:.1f}", f"{lat['vector'][1]:.1f}",
+                  f"{lat['hybrid'][1]:.1f}", f"{rec:.3f}")
+    return t
+
+
+def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[str], tune: bool = False) -> dict:
     """One KB of `n` chunks (vectors around the corpus's real embeddings): exact search, then the approximate index
     built ([rag] index_type), searched, and kept current as 1% more chunks arrive (`maintain_indices`: optimize)."""
     from notelab.settings import settings
@@ -143,6 +165,8 @@ def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[s
     out["index_s"], out["index"] = time.perf_counter() - t0, vector_index(kb.table)
     out["indexed"] = bench_queries(kb, questions)
     out["recall@10"] = vector_recall(kb, questions)
+    if tune:
+        out["tune"] = tune_grid(kb, questions)
     t0 = time.perf_counter()  # 1% more: the indices take in the new rows, at a cost that should follow them
     synthetic_kb("", n // 100, words, centers=centers, start=n, kb=kb)
     out["more_s"] = time.perf_counter() - t0
@@ -150,9 +174,9 @@ def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[s
     return out
 
 
-def bench_queries(kb: KnowledgeBase, questions: list[str]) -> dict:
+def bench_queries(kb: KnowledgeBase, questions: list[str], modes=MODES) -> dict:
     out = {}
-    for mode in MODES:
+    for mode in modes:
         kb.search(questions[0], k=5, mode=mode)  # warm caches
         lat = []
         for q in questions:
@@ -223,7 +247,7 @@ def fusion_grid(kb: KnowledgeBase, qa: list[dict], qual, what: str) -> Table:
     return t
 
 
-def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: list[int]) -> None:
+def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: list[int], tune: bool = False) -> None:
     "The approximate index: its build, its latency and recall against the exact scan, and an ingest of 1% more."
     words = " ".join(f.read_text() for f in folder.glob("*.txt")).split()
     centers = np.stack(kb.table.to_pandas()["vector"].to_numpy()).astype(np.float32)
@@ -234,15 +258,19 @@ def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: li
               "vector p95 indexed", "hybrid p95 exact", "hybrid p95 indexed", "recall@10", "+1% s (ratio to index s)",
               "recall@10 after"):
         t.add_column(c, justify="right")
+    grids = []
     for n in sizes:
-        r = bench_index(n, words, centers, questions)
+        r = bench_index(n, words, centers, questions, tune)
+        if tune:
+            grids.append(r["tune"])
         e, i = r["exact"], r["indexed"]
         t.add_row(f"{n:,} ({r['index']})", f"{r['build_s']:.0f}", f"{r['index_s']:.0f}", f"{e['vector'][0]:.1f}",
                   f"{i['vector'][0]:.1f}", f"{e['vector'][1]:.1f}", f"{i['vector'][1]:.1f}", f"{e['hybrid'][1]:.1f}",
                   f"{i['hybrid'][1]:.1f}", f"{r['recall@10']:.3f}", f"{r['more_s']:.1f} ({r['more_s'] / r['index_s']:.2f})",
                   f"{r['recall@10 after']:.3f}")
     console.print(t)
-
+    for g in grids:
+        console.print(g)
 
 
 def main():
@@ -251,6 +279,8 @@ def main():
     ap.add_argument("--index-sizes", type=int, nargs="*", default=[100_000],
                     help="KB sizes for the vector-index table (1000000 takes long on 2 cores)")
     ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--tune", action="store_true",
+                    help="with --index-only: recall and latency for a grid of nprobes, refine_factor and ef per index")
     ap.add_argument("--skip-llamaindex", action="store_true")
     ap.add_argument("--grid-only", action="store_true", help="ingestion and the fusion grids only")
     ap.add_argument("--dtypes-only", action="store_true", help="ingestion and the float32/bfloat16 table only")
@@ -271,7 +301,7 @@ def main():
 
     kb = KnowledgeBase.open("bench-ingest")
     if a.index_only:
-        return index_table(kb, folder, questions, a.index_sizes)
+        return index_table(kb, folder, questions, a.index_sizes, a.tune)
     qual = kb.evaluate(qa, k=5, show_progress=False).set_index("mode")
     sfolder, sqa = stdlib_corpus(tempfile.mkdtemp(prefix="bench-corpus-"))
     console.print(bench_dtypes({"pydoc": (folder, qa_path), "stdlib": (sfolder, sqa)}))

@@ -514,6 +514,8 @@ def _search(kb: KnowledgeBase, query: str, *, k: int, mode: str, where: str | No
                 q = q.nprobes(cfg.nprobes)
                 if cfg.refine_factor:
                     q = q.refine_factor(cfg.refine_factor)
+                if cfg.ef:
+                    q = q.ef(cfg.ef)
             lists["vector"] = run(q)
     except (ValueError, RuntimeError, OSError) as e:
         msg = str(e).splitlines()[0][:300]

@@ -82,6 +82,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "nprobes": Key("int", "20", "indexed vector search: partitions searched per query", _at_least(1)),
         "refine_factor": Key("int", "10", "indexed vector search: re-rank k x this candidates by exact distance "
                              "(0: none)", _at_least(0)),
+        "ef": Key("int", "0", "indexed HNSW search: candidates kept while walking each partition's graph (0: LanceDB's "
+                  "default; recall rises with it)", _at_least(0)),
     },
     "cluster": {
         "namespace": Key("str", "notelab", "Kubernetes namespace for workers and jobs"),
