@@ -416,6 +416,9 @@ def test_chat_answers_with_citations_and_saves_as_a_notebook(page, lab, shared):
     while (j := api(lab, f"knowledge/chat-kb/jobs/{job['id']}"))["state"] == "running":
         time.sleep(0.2)
     assert j["report"]["added"] == ["chat-notes/retries.md"], j
+    (lab.root / "chat-notes" / "brief.yaml").write_text(
+        "kind: Pipeline\nname: brief\ndefaults: {max_tokens: 16}\nagents:\n"
+        "  - {name: answerer, role: custom, instructions: Answer in one short sentence.}\nsteps:\n  - answerer\n")
 
     page.locator(".jp-LauncherCard[data-category=notelab]", has_text="Chat").click()
     page.locator(f"select[name=chat-worker] option[value='{shared}']").wait_for(state="attached")
@@ -443,3 +446,14 @@ def test_chat_answers_with_citations_and_saves_as_a_notebook(page, lab, shared):
     assert r.returncode == 0, r.stderr[-2000:]
     run = json.loads(r.stdout)
     assert run["status"] == "FINISHED" and run["metrics"]["answered"] == 1.0, run
+
+    # an agent pipeline answers instead of the knowledge base (which is set aside while one is picked)
+    page.locator("#notelab-chat").wait_for()  # still open in the left sidebar
+    page.locator("select[name=chat-pipeline]").select_option("chat-notes/brief.yaml")
+    assert page.locator("select[name=chat-kb]").is_disabled()
+    page.locator("textarea[name=chat-input]").fill("What is a retry?")
+    page.locator("[data-testid=chat-form] [data-action=send]").click()
+    steps = page.locator("[data-testid=chat-log] .nl-msg[data-role=assistant][data-state=done]").nth(1).locator(
+        "[data-testid=steps] .nl-step-ok", has_text="answerer")
+    steps.first.wait_for(timeout=300_000)
+    shot(page, "chat-pipeline")

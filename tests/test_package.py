@@ -50,6 +50,8 @@ def test_the_wheel_carries_the_lab_extension_and_the_server_configuration(dist):
     assert any(re.fullmatch(re.escape(ext) + r"static/remoteEntry\.[0-9a-f]+\.js", n) for n in names), names
     assert data + "etc/jupyter/jupyter_server_config.d/notelab.json" in names
     assert "notelab/server.py" in names and "notelab/metrics/exact_match.py" in names
+    meta = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))  # the persona, for Jupyter AI
+    assert "[jupyter_ai.personas]\nnotelab = notelab.jupyter_ai:NotelabPersona" in zipfile.ZipFile(wheel).read(meta).decode()
     sdist, = dist.glob("notelab-*.tar.gz")  # an sdist holds the built extension too: a wheel from it needs no npm
     import tarfile
 

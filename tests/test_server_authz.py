@@ -31,7 +31,7 @@ async def status(jp_fetch, method, *path, body=None):
 
 
 async def test_a_read_only_user_reads_but_changes_nothing(jp_fetch):
-    for path in (("rules",), ("models",), ("runs",), ("metrics",), ("knowledge",)):
+    for path in (("rules",), ("models",), ("runs",), ("metrics",), ("knowledge",), ("chat", "pipelines")):
         assert await status(jp_fetch, "GET", *path) == 200, path
     for method, path in [("POST", ("workers",)), ("DELETE", ("workers", "x")), ("POST", ("workers", "x", "scale")),
                          ("POST", ("runs",)), ("POST", ("runs", "x", "cancel")), ("POST", ("sweeps",)),

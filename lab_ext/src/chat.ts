@@ -1,4 +1,5 @@
-// The Chat panel: pick a running worker and, optionally, a knowledge base; answers stream in; citations are
+// The Chat panel: pick a running worker and, optionally, a knowledge base or an agent pipeline (a YAML file under
+// the lab's root); answers stream in; citations are
 // links that open the cited source; "Save as notebook" writes the conversation as a notebook that asks each
 // question again with notelab calls (a chat becomes an experiment `notelab run` can run).
 import { Notification } from '@jupyterlab/apputils';
@@ -22,6 +23,14 @@ export interface IChatHost {
   openNotebook(path: string): void;
 }
 
+interface IStep {
+  path: string;
+  name: string;
+  kind: string;
+  status: string;
+  seconds: number;
+}
+
 interface IMessage {
   role: 'user' | 'assistant';
   content: string;
@@ -39,7 +48,8 @@ export class ChatPanel extends LivePanel {
       h('h2', {}, 'Chat'),
       h('div', { class: 'nl-form' },
         h('label', { class: 'nl-row' }, h('span', { class: 'nl-label' }, 'Worker'), this.worker),
-        h('label', { class: 'nl-row' }, h('span', { class: 'nl-label' }, 'Knowledge base'), this.kb)),
+        h('label', { class: 'nl-row' }, h('span', { class: 'nl-label' }, 'Knowledge base'), this.kb),
+        h('label', { class: 'nl-row' }, h('span', { class: 'nl-label' }, 'Pipeline'), this.pipeline)),
       this.log,
       h('form', { class: 'nl-form', 'data-testid': 'chat-form', onsubmit: (e: Event) => { e.preventDefault(); void this.send(); } },
         this.input,
@@ -55,6 +65,8 @@ export class ChatPanel extends LivePanel {
 
   private worker = h('select', { name: 'chat-worker' });
   private kb = h('select', { name: 'chat-kb' });
+  // a knowledge base or a pipeline answers, not both: picking a pipeline sets the knowledge base aside
+  private pipeline = h('select', { name: 'chat-pipeline', onchange: () => this.exclusive() });
   private log = h('div', { class: 'nl-chat-log', 'data-testid': 'chat-log' });
   private input = h('textarea', { name: 'chat-input', rows: 3, placeholder: 'Ask a question (Enter sends, Shift+Enter a new line)',
     onkeydown: (e: Event) => {
@@ -72,12 +84,25 @@ export class ChatPanel extends LivePanel {
   /** The running workers and the knowledge bases to pick from. */
   async refresh(): Promise<void> {
     try {
-      const [workers, kbs] = await Promise.all([requestApi<IWorker[]>('workers'), requestApi<IKnowledgeBase[]>('knowledge')]);
+      const [workers, kbs, flows] = await Promise.all([requestApi<IWorker[]>('workers'),
+        requestApi<IKnowledgeBase[]>('knowledge'), requestApi<{ path: string; name: string }[]>('chat/pipelines')]);
       this.fill(this.worker, workers.filter(w => w.state === 'ready' || w.state === 'degraded').map(w => w.name), null);
       this.fill(this.kb, kbs.map(k => k.name), '(none: the model alone)');
+      this.fill(this.pipeline, flows.map(f => f.path), '(none)');
+      this.exclusive();
     } catch (e) {
       this.error.textContent = (e as Error).message;
     }
+  }
+
+  private exclusive(): void {
+    this.kb.disabled = !!this.pipeline.value;
+  }
+
+  /** What answers besides the worker: {kb} or {pipeline}. */
+  private source(): { kb: string | null; pipeline: string | null } {
+    const pipeline = this.pipeline.value || null;
+    return { kb: pipeline ? null : this.kb.value || null, pipeline };
   }
 
   private fill(select: HTMLSelectElement, names: string[], none: string | null): void {
@@ -117,12 +142,12 @@ export class ChatPanel extends LivePanel {
     const reply = this.bubble('assistant', '');
     reply.dataset.state = 'streaming';
     const text = reply.querySelector('.nl-msg-text') as HTMLElement;
-    const kb = this.kb.value || null;
+    const { kb, pipeline } = this.source();
     this.controller = new AbortController();
     try {
       const response = await fetchApi('chat', {
         method: 'POST', signal: this.controller.signal,
-        body: JSON.stringify({ worker: this.worker.value, kb, messages: this.messages })
+        body: JSON.stringify({ worker: this.worker.value, kb, pipeline, messages: this.messages })
       });
       const reader = response.body!.getReader();
       const decoder = new TextDecoder();
@@ -145,6 +170,7 @@ export class ChatPanel extends LivePanel {
             this.log.scrollTop = this.log.scrollHeight;
           } else if (kind === 'done') {
             this.cite(reply, kb, data.citations ?? []);
+            this.steps(reply, data.steps ?? []);
             done = true;
           } else if (kind === 'error') {
             throw new Error(data.error);
@@ -180,6 +206,16 @@ export class ChatPanel extends LivePanel {
         } }, `[${c.n}] ${c.source}${c.location ? ' · ' + c.location : ''}`))));
   }
 
+  /** A pipeline's steps under its answer: where each ran, how it ended, how long it took. */
+  private steps(reply: HTMLElement, steps: IStep[]): void {
+    if (!steps.length) {
+      return;
+    }
+    reply.append(h('div', { class: 'nl-steps', 'data-testid': 'steps' },
+      ...steps.map(s => h('span', { class: `nl-step nl-step-${s.status}`, title: `${s.kind}: ${s.name}` },
+        `${s.path || s.name} ${s.status} ${s.seconds.toFixed(1)} s`))));
+  }
+
   /** Write the conversation as a notebook under the lab's root and open it. */
   async save(): Promise<void> {
     if (!this.messages.length) {
@@ -188,7 +224,7 @@ export class ChatPanel extends LivePanel {
     }
     try {
       const r = await postJson<{ path: string }>('chat/notebook', {
-        worker: this.worker.value, kb: this.kb.value || null, messages: this.messages
+        worker: this.worker.value, ...this.source(), messages: this.messages
       });
       Notification.success(`Saved as ${r.path}`, { autoClose: 5000 });
       this.node.dataset.saved = r.path;

@@ -8,6 +8,7 @@ conversation saved as a notebook whose cells reproduce each answer with `notelab
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,8 @@ from .core import InvalidInput, NotelabError
 from .settings import settings
 
 # %% auto #0
-__all__ = ['ROLES', 'ChatClosed', 'check_turn', 'answer', 'chat_notebook', 'save_chat']
+__all__ = ['ROLES', 'PIPELINE_SUFFIXES', 'ChatClosed', 'check_turn', 'answer', 'pipeline_file', 'pipelines', 'load_flow',
+           'chat_notebook', 'save_chat']
 
 # %% ../../nbs/17b_lab_chat.ipynb #e578ebfa
 ROLES = ("user", "assistant", "system")
@@ -36,6 +38,9 @@ def check_turn(body: dict, asking: bool = True) -> dict:
     kb = field(body, "kb", str)
     if kb:
         check_store_name(kb, "knowledge base", "papers", lambda m: InvalidInput("kb", m))
+    pipeline = field(body, "pipeline", str, hint="a pipeline file (YAML) relative to the lab's root")
+    if pipeline and kb:
+        raise InvalidInput("pipeline", "pipeline: a knowledge base or a pipeline answers, not both; leave one out")
     messages = field(body, "messages", list, required=True, check=lambda m: 0 < len(m) <= 200,
                      hint="a list of 1 to 200 {role, content} messages, the last one the user's")
     for i, m in enumerate(messages):
@@ -52,16 +57,20 @@ def check_turn(body: dict, asking: bool = True) -> dict:
                         hint="0 (greedy) to 2; leave it out for the worker's default")
     min_tokens = field(body, "min_tokens", int, 0, check=lambda n: 0 <= n <= max_tokens,
                        hint="0 to max_tokens: the model may not stop before it has written this many")
-    return {"worker": worker, "kb": kb or None, "messages": messages, "max_tokens": max_tokens,
+    return {"worker": worker, "kb": kb or None, "pipeline": pipeline or None, "messages": messages,
+            "max_tokens": max_tokens,
             "temperature": None if temperature is None else float(temperature), "min_tokens": min_tokens}
 
 # %% ../../nbs/17b_lab_chat.ipynb #8fd3897d
-def answer(turn: dict, on_text, where=None) -> dict:
-    """Answer a checked turn, streaming text to `on_text`; {citations, usage, finish_reason}. `where(kb, source)`
-    adds where a cited source can be opened (the lab's `Knowledge._where`)."""
+def answer(turn: dict, on_text, where=None, root: Path | None = None) -> dict:
+    """Answer a checked turn, streaming text to `on_text`; {citations, usage, finish_reason} (and `steps` from a
+    pipeline). `where(kb, source)` adds where a cited source can be opened (the lab's `Knowledge._where`); `root`:
+    the lab's root, which a turn's pipeline file is named under."""
     from notelab.client import connect
     from notelab.rag import KnowledgeBase, RagError
 
+    if turn.get("pipeline"):
+        return _through_pipeline(turn, on_text, root)
     if turn["kb"]:
         try:
             kb = KnowledgeBase.open(turn["kb"])
@@ -99,14 +108,82 @@ def answer(turn: dict, on_text, where=None) -> dict:
         stream.close()
     return {"citations": [], "usage": usage, "finish_reason": finish}
 
+# %% ../../nbs/17b_lab_chat.ipynb #75b728cc
+PIPELINE_SUFFIXES = (".yaml", ".yml")
+
+
+def pipeline_file(root: Path, rel: str) -> Path:
+    "The pipeline file `rel` under the lab's `root`, checked: under it, YAML, there."
+    root = Path(root).resolve()
+    try:
+        p = (root / rel).resolve()
+    except (OSError, ValueError):
+        p = root
+    if root not in p.parents or re.search(r"[\x00-\x1f]", rel):
+        raise InvalidInput("pipeline", f"pipeline: {rel!r} is not a file under the lab's root; name one relative to it")
+    if p.suffix not in PIPELINE_SUFFIXES:
+        raise InvalidInput("pipeline", f"pipeline: {rel!r} is not YAML; a pipeline file ends in .yaml or .yml")
+    if not p.is_file():
+        raise InvalidInput("pipeline", f"pipeline: there is no {rel!r} under the lab's root", 404)
+    return p
+
+
+def pipelines(root: Path, most: int = 200) -> list[dict]:
+    "`GET chat/pipelines`: the pipeline files under the lab's `root` ({path, name}), at most `most`."
+    root, out = Path(root).resolve(), []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if not x.startswith(".") and x not in ("node_modules", "__pycache__"))
+        for f in sorted(files):
+            p = Path(d) / f
+            if f.startswith(".") or p.suffix not in PIPELINE_SUFFIXES or p.stat().st_size > 1 << 20:
+                continue
+            head = p.read_text(errors="replace")[:8192]
+            if re.search(r"^kind:\s*[\"']?Pipeline[\"']?\s*$", head, re.M):
+                name = re.search(r"^name:\s*[\"']?([^\"'\n#]+?)[\"']?\s*$", head, re.M)
+                out.append({"path": p.relative_to(root).as_posix(), "name": name[1] if name else p.stem})
+                if len(out) >= most:
+                    return out
+    return out
+
+
+def load_flow(root: Path, rel: str, worker: str | None = None):
+    "The pipeline in file `rel` under `root`, checked as a whole (`InvalidInput` naming `pipeline`, with its line)."
+    from notelab.pipeline_files import SpecError, load_pipeline
+
+    try:
+        return load_pipeline(pipeline_file(root, rel), worker=worker)
+    except SpecError as e:
+        raise InvalidInput("pipeline", f"pipeline: {e}") from None
+
+
+def _through_pipeline(turn: dict, on_text, root: Path) -> dict:
+    from notelab.pipelines import PipelineError
+    from notelab.tracing import Trace
+
+    p = load_flow(root, turn["pipeline"], turn["worker"])
+    trace = Trace(p.name)
+    try:
+        r = p.run(turn["messages"][-1]["content"], trace=trace)
+    except PipelineError as e:
+        raise NotelabError(f"the pipeline {p.name!r} failed: {e}") from None
+    on_text(r.output)
+    steps = sorted(trace.steps, key=lambda s: s.start)
+    return {"citations": [], "finish_reason": "stop",
+            "usage": {"prompt_tokens": sum(s.prompt_tokens for s in steps),
+                      "completion_tokens": sum(s.completion_tokens for s in steps)},
+            "steps": [{"path": s.path, "name": s.name, "kind": s.kind, "status": s.status,
+                       "seconds": round(s.seconds, 2)} for s in steps]}
+
 # %% ../../nbs/17b_lab_chat.ipynb #d5aec087
-def chat_notebook(turn: dict) -> "nbformat.NotebookNode":
-    "The conversation as a notebook that asks each question again with `notelab` calls."
+def chat_notebook(turn: dict, pipeline: str = "") -> "nbformat.NotebookNode":
+    """The conversation as a notebook that asks each question again with `notelab` calls; `pipeline`: the turn's
+    pipeline file as the notebook's folder reaches it."""
     import nbformat
 
     v4 = nbformat.v4
     p = v4.new_code_cell(f"worker = {turn['worker']!r}  # the worker that answers\n"
                          f"kb = {turn['kb'] or ''!r}  # the knowledge base answers come from ('': none)\n"
+                         f"pipeline = {pipeline!r}  # or a pipeline file (YAML) that answers ('': none)\n"
                          f"max_tokens = {turn['max_tokens']}"
                          + ("" if turn.get("temperature") is None else
                             f"\ntemperature = {turn['temperature']!r}  # 0: greedy"))
@@ -115,8 +192,8 @@ def chat_notebook(turn: dict) -> "nbformat.NotebookNode":
     cells = [v4.new_markdown_cell(f"# A chat, saved {datetime.now():%Y-%m-%d %H:%M}\n\n"
                                   "Each question is asked again below; run it with other parameters "
                                   "(`notelab run THIS.ipynb -p worker NAME -p kb KB`) to compare."), p,
-             v4.new_code_cell("import notelab\nfrom notelab.rag import ask\nfrom notelab.tracking import log_metric\n\n"
-                              "answers = []")]
+             v4.new_code_cell("import notelab\nfrom notelab.pipeline_files import load_pipeline\nfrom notelab.rag import ask\n"
+                              "from notelab.tracking import log_metric\n\nanswers = []")]
     history = []
     for m in turn["messages"]:
         if m["role"] != "user":
@@ -127,7 +204,9 @@ def chat_notebook(turn: dict) -> "nbformat.NotebookNode":
         cells.append(v4.new_markdown_cell(f"**Q:** {m['content']}"))
         q = json.dumps(m["content"], ensure_ascii=False)
         cells.append(v4.new_code_cell(
-            f"if kb:\n    a = ask({q}, kb=kb, worker=worker, max_tokens=max_tokens{sample})\n    print(a)\n"
+            f"if pipeline:\n    r = load_pipeline(pipeline, worker=worker).run({q})\n    print(r.output)\n"
+            f"    answers.append(r.output)\n"
+            f"elif kb:\n    a = ask({q}, kb=kb, worker=worker, max_tokens=max_tokens{sample})\n    print(a)\n"
             f"    answers.append(a.text)\nelse:\n    client = notelab.connect(worker)\n"
             f"    r = client.chat.completions.create(model=client.model, max_tokens=max_tokens{sample},\n"
             f"        messages={json.dumps(history + [{'role': 'user', 'content': m['content']}], ensure_ascii=False)})\n"
@@ -157,6 +236,7 @@ def save_chat(root: Path, body: dict) -> dict:
         raise InvalidInput("path", f"{rel!r}: a .ipynb path under the lab's root")
     if out.exists():
         raise InvalidInput("path", f"{rel} exists; give another path", 409)
+    flow = os.path.relpath(pipeline_file(root, turn["pipeline"]), out.parent) if turn["pipeline"] else ""
     out.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(chat_notebook(turn), out)
+    nbformat.write(chat_notebook(turn, flow), out)
     return {"path": out.relative_to(root).as_posix()}

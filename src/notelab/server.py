@@ -28,7 +28,8 @@ __all__ = ['OPENAI_PATHS', 'ROUTES', 'field', 'cluster_spec', 'cluster', 'cluste
            'HistoryHandler', 'LogsHandler', 'MetricsHandler', 'ParamsHandler', 'RunsHandler', 'RunHandler',
            'CancelHandler', 'CompareHandler', 'SweepsHandler', 'KnowledgeHandler', 'KnowledgeBaseHandler',
            'KnowledgeFilesHandler', 'KnowledgeIngestHandler', 'KnowledgeJobHandler', 'KnowledgeSourceHandler',
-           'KnowledgeSearchHandler', 'ChatHandler', 'ChatNotebookHandler', 'WorkerProxyHandler', 'NotelabApp']
+           'KnowledgeSearchHandler', 'ChatHandler', 'ChatPipelinesHandler', 'ChatNotebookHandler', 'WorkerProxyHandler',
+           'NotelabApp']
 
 # %% ../../nbs/17_server.ipynb #ec1cad0b
 def field(body: dict, name: str, kind, default=None, *, required: bool = False, check=None, hint: str = ""):
@@ -905,7 +906,7 @@ class ChatHandler(_Base):
     @web.authenticated
     @authorized
     async def post(self):
-        from notelab.lab_chat import ChatClosed, answer, check_turn
+        from notelab.lab_chat import ChatClosed, answer, check_turn, load_flow
         from notelab.workers import get_worker
 
         loop = asyncio.get_running_loop()
@@ -915,6 +916,8 @@ class ChatHandler(_Base):
             await loop.run_in_executor(self.service.executor, lambda: get_worker(turn["worker"], probe=False))
             if turn["kb"]:
                 await loop.run_in_executor(self.service.executor, know._open, turn["kb"])
+            if turn["pipeline"]:  # a bad file is refused before anything streams, with its line
+                await loop.run_in_executor(self.service.executor, load_flow, self.service.root, turn["pipeline"])
         except NotelabError as e:
             return self.fail(e)
         events: asyncio.Queue = asyncio.Queue()
@@ -926,7 +929,7 @@ class ChatHandler(_Base):
 
         def go():
             try:
-                done = answer(turn, on_text, know._where)
+                done = answer(turn, on_text, know._where, root=self.service.root)
                 loop.call_soon_threadsafe(events.put_nowait, ("done", done))
             except ChatClosed:
                 loop.call_soon_threadsafe(events.put_nowait, ("closed", {}))
@@ -951,6 +954,15 @@ class ChatHandler(_Base):
             if kind != "text":
                 break
         self.finish()
+
+
+class ChatPipelinesHandler(_Base):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        from notelab.lab_chat import pipelines
+
+        await self.guarded(pipelines, self.service.root)
 
 
 class ChatNotebookHandler(_Base):
@@ -1026,7 +1038,7 @@ ROUTES = [("models", ModelsHandler), ("rules", RulesHandler), ("metrics", Promet
           ("knowledge", KnowledgeHandler), (r"knowledge/([^/]+)", KnowledgeBaseHandler),
           (r"knowledge/([^/]+)/files", KnowledgeFilesHandler), (r"knowledge/([^/]+)/ingest", KnowledgeIngestHandler),
           (r"knowledge/([^/]+)/jobs/([^/]+)", KnowledgeJobHandler), (r"knowledge/([^/]+)/source", KnowledgeSourceHandler),
-          (r"knowledge/([^/]+)/search", KnowledgeSearchHandler), ("chat", ChatHandler),
+          (r"knowledge/([^/]+)/search", KnowledgeSearchHandler), ("chat", ChatHandler), ("chat/pipelines", ChatPipelinesHandler),
           ("chat/notebook", ChatNotebookHandler)]
 
 
