@@ -119,17 +119,23 @@ def synthetic_kb(name: str, n: int, words: list[str], dim: int = 384, centers: n
     return kb
 
 
-def vector_recall(kb: KnowledgeBase, questions: list[str], k: int = 10) -> float:
+def exact_ids(kb: KnowledgeBase, questions: list[str], k: int = 10) -> list[set]:
+    "Each question's k nearest chunks by an exact scan of the KB's table."
+    emb = kb.embedder()
+    return [set(kb.table.search(emb.embed([q])[0]).distance_type("cosine").bypass_vector_index().limit(k)
+                .to_pandas().id) for q in questions]
+
+
+def vector_recall(kb: KnowledgeBase, questions: list[str], k: int = 10, exact: list[set] | None = None) -> float:
     "recall@k of the KB's vector search (as `search` runs it) against an exact scan of the same table."
-    emb, same = kb.embedder(), 0
-    for q in questions:
-        v = emb.embed([q])[0]
-        exact = kb.table.search(v).distance_type("cosine").bypass_vector_index().limit(k).to_pandas().id
-        same += len(set(kb.search(q, k=k, mode="vector").id) & set(exact))
-    return same / (k * len(questions))
+    exact = exact or exact_ids(kb, questions, k)
+    return sum(len(set(kb.search(q, k=k, mode="vector").id) & e) for q, e in zip(questions, exact)) / (k * len(questions))
 
 
-TUNE = [(nprobes, refine, ef) for nprobes in (10, 20, 40) for refine in (10, 30) for ef in (0, 100, 300)]
+def tune_points(index: str) -> list[tuple[int, int, int]]:
+    "(nprobes, refine_factor, ef) to try: ef only walks an HNSW graph."
+    efs = (0, 100, 300) if "HNSW" in index else (0,)
+    return [(nprobes, refine, ef) for nprobes in (10, 20, 50, 100) for refine in (10, 30) for ef in efs]
 
 
 def tune_grid(kb: KnowledgeBase, questions: list[str]) -> Table:
@@ -140,11 +146,11 @@ def tune_grid(kb: KnowledgeBase, questions: list[str]) -> Table:
         t.add_column(c, justify="right")
     from notelab.settings import settings
 
-    now = settings().rag
-    for nprobes, refine, ef in TUNE:
+    now, exact = settings().rag, exact_ids(kb, questions)
+    for nprobes, refine, ef in tune_points(vector_index(kb.table) or ""):
         with patch.dict(os.environ, NOTELAB_RAG_NPROBES=str(nprobes), NOTELAB_RAG_REFINE_FACTOR=str(refine),
                         NOTELAB_RAG_EF=str(ef)):
-            lat, rec = bench_queries(kb, questions, modes=("vector", "hybrid")), vector_recall(kb, questions)
+            lat, rec = bench_queries(kb, questions, modes=("vector", "hybrid")), vector_recall(kb, questions, exact=exact)
         mark = "*" if (nprobes, refine, ef) == (now.nprobes, now.refine_factor, now.ef) else ""
         t.add_row(f"{nprobes}{mark}", str(refine), str(ef), f"{lat['vector'][0]:.1f}", f"{lat['vector'][1]:.1f}",
                   f"{lat['hybrid'][1]:.1f}", f"{rec:.3f}")

@@ -575,6 +575,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'notelab.runs._stop_process': ('runs.html#_stop_process', 'notelab/runs.py'),
                               'notelab.runs._submit_job': ('runs.html#_submit_job', 'notelab/runs.py'),
                               'notelab.runs._sweep_tags': ('runs.html#_sweep_tags', 'notelab/runs.py'),
+                              'notelab.runs._take_over': ('runs.html#_take_over', 'notelab/runs.py'),
                               'notelab.runs._variants': ('runs.html#_variants', 'notelab/runs.py'),
                               'notelab.runs._wait_ended': ('runs.html#_wait_ended', 'notelab/runs.py'),
                               'notelab.runs.cancel': ('runs.html#cancel', 'notelab/runs.py'),

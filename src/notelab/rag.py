@@ -514,8 +514,8 @@ def _search(kb: KnowledgeBase, query: str, *, k: int, mode: str, where: str | No
                 q = q.nprobes(cfg.nprobes)
                 if cfg.refine_factor:
                     q = q.refine_factor(cfg.refine_factor)
-                if cfg.ef:
-                    q = q.ef(cfg.ef)
+                if cfg.ef:  # at least the candidates asked for (LanceDB refuses fewer)
+                    q = q.ef(max(cfg.ef, depth * max(cfg.refine_factor, 1)))
             lists["vector"] = run(q)
     except (ValueError, RuntimeError, OSError) as e:
         msg = str(e).splitlines()[0][:300]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -248,7 +249,7 @@ def _prepare(notebook, params, *, experiment, name, parent_run_id, tags, output,
     rid = r.info.run_id
     if folder is not None:
         run_folder(rid).symlink_to(folder.name)
-        atomic_write(folder / "run_id", rid)  # the kernel started before the run waits for it (`_AWAIT_RUN`)
+        atomic_write(folder / "run_id", rid)  # the kernel started before the run takes it from here (`_AWAIT_RUN`)
     if out is None:
         if output_dir:  # a folder of outputs (the lab's notelab-runs/): one notebook per run, named by it
             out = Path(output_dir).expanduser().resolve() / f"{nb.stem}-{rid[:8]}.ipynb"
@@ -271,10 +272,29 @@ def read_spec(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 # %% ../../nbs/14d_runs.ipynb #5eddbd32
-_AWAIT_RUN = (  # a kernel started before its run exists waits for the run's id, then takes it into its environment
-    "exec(\"import os, time\\np = os.path.join(os.environ['NOTELAB_RUN_DIR'], 'run_id')\\n"
-    "t = time.monotonic() + 600\\nwhile not os.path.exists(p) and time.monotonic() < t: time.sleep(0.01)\\n"
-    "os.environ['NOTELAB_RUN_ID'] = os.environ['MLFLOW_RUN_ID'] = open(p).read()\", {})")
+_AWAIT_RUN_CODE = """\
+import os, sys, time
+
+
+class AwaitRun:
+    "Before MLflow is first imported, wait for the run's id (its folder's run_id) and put it in the environment."
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "mlflow" and "MLFLOW_RUN_ID" not in os.environ:
+            sys.meta_path.remove(self)
+            p, t = os.path.join(os.environ["NOTELAB_RUN_DIR"], "run_id"), time.monotonic() + 600
+            while not os.path.exists(p) and time.monotonic() < t:
+                time.sleep(0.01)
+            if os.path.exists(p):
+                os.environ["NOTELAB_RUN_ID"] = os.environ["MLFLOW_RUN_ID"] = open(p).read()
+        return None
+
+
+sys.meta_path.insert(0, AwaitRun())
+"""
+# a kernel started before its run exists runs cells at once; what talks to MLflow (anything that imports it, as
+# notelab's tracing does) waits for the run's id. It runs in a namespace of its own, not the user's.
+_AWAIT_RUN = f"exec({_AWAIT_RUN_CODE!r}, {{}})"
 
 
 def _kernel_name(spec: Mapping) -> str:
@@ -393,27 +413,28 @@ def _describe(e: BaseException) -> str:
 
 
 def execute(spec: Mapping, *, show_progress: bool = False, raise_on_failure: bool = False,
-            dedicated: bool = False, km=None) -> Run:
+            dedicated: bool = False, km=None, creating: "Future | None" = None) -> Run:
     """Execute a prepared run (its `spec`) in this process, file its results and end it; the finished `Run`.
     `dedicated`: this process exists for this run alone, so cancelling the run may stop the process.
-    `km`: the run's kernel, started already (`run` starts it while the run is created)."""
+    `km`: the run's kernel, started already (`run` starts it while the run is created). `creating`: the run's spec
+    to come, the run being created while the notebook already runs (`run`, with `km`); `spec` is then what is
+    known before the run: notebook, params, output, timeout, experiment."""
     import papermill
 
     logging.getLogger("papermill").setLevel(logging.WARNING)
-    rid, nb, out = spec["run_id"], Path(spec["notebook"]), Path(spec["output"])
-    folder = run_folder(rid)
-    folder.mkdir(parents=True, exist_ok=True)
+    nb, out = Path(spec["notebook"]), Path(spec["output"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {"NOTELAB_RUN_DIR": str(folder), "NOTELAB_RUN_ID": rid, "MLFLOW_RUN_ID": rid,
-           "MLFLOW_TRACKING_URI": tracking_uri(), **settings().to_env()}
-    status, error, t0 = "FINISHED", None, time.monotonic()
+    status, error = "FINISHED", None
     try:
-        km = km or _start_kernel(spec, folder, env)  # it boots in its own process while this one talks to MLflow
-        if spec.get("target", "local") == "local":  # this process takes the run over (a Job is known by its name)
-            c = client()
-            with writing():
-                for k, v in executor_tags(ProcessRef.of(), dedicated).items():
-                    c.set_tag(rid, k, v)
+        if creating is None:
+            rid = spec["run_id"]
+            folder = run_folder(rid)
+            folder.mkdir(parents=True, exist_ok=True)
+            env = {"NOTELAB_RUN_DIR": str(folder), "NOTELAB_RUN_ID": rid, "MLFLOW_RUN_ID": rid,
+                   "MLFLOW_TRACKING_URI": tracking_uri(), **settings().to_env()}
+            km = km or _start_kernel(spec, folder, env)  # it boots in its own process while this one talks to MLflow
+            if spec.get("target", "local") == "local":  # this process takes the run over (a Job is known by its name)
+                _take_over(rid, dedicated)
         papermill.execute_notebook(str(nb), str(out), parameters=dict(spec.get("params") or {}), kernel_name=km.kernel_name,
                                    progress_bar=show_progress and _progress_on(), cwd=str(nb.parent),
                                    execution_timeout=spec.get("timeout"), km=km)
@@ -423,6 +444,14 @@ def execute(spec: Mapping, *, show_progress: bool = False, raise_on_failure: boo
     except Exception as e:
         status, error = "FAILED", _describe(e)
     finally:
+        if creating is not None:
+            try:
+                spec = creating.result()  # the run could not be created: no run to end (`run` clears up)
+            except BaseException:
+                _stop_kernel(km)
+                raise
+            rid, out = spec["run_id"], Path(spec["output"])  # the same file, by the run's folder
+            folder = run_folder(rid)
         stopping = threading.Thread(target=_stop_kernel, args=(km,)) if km is not None else None
         if stopping is not None:  # the kernel shuts down while the results are filed
             stopping.start()
@@ -451,6 +480,14 @@ def execute(spec: Mapping, *, show_progress: bool = False, raise_on_failure: boo
     return r
 
 
+def _take_over(rid: str, dedicated: bool) -> None:
+    "This process executes run `rid` (its executor tag)."
+    c = client()
+    with writing():
+        for k, v in executor_tags(ProcessRef.of(), dedicated).items():
+            c.set_tag(rid, k, v)
+
+
 def _progress_on() -> bool:
     from notelab.core import progress_style
 
@@ -470,9 +507,10 @@ def run(notebook: str | Path, params: Mapping[str, Any] | Callable[[], Mapping[s
     env = {"NOTELAB_RUN_DIR": str(folder), "MLFLOW_TRACKING_URI": tracking_uri(), **settings().to_env()}
     km = None
     try:
-        # an IPython kernel starts first, in a process of its own, while this one checks the parameters and creates
-        # the run (MLflow takes a second to import); it takes the run's id once there is one (`_AWAIT_RUN`).
-        # Other kernels start once the run exists.
+        # an IPython kernel starts first, in a process of its own, while this one checks the parameters; then the
+        # notebook runs while the run is created (MLflow takes seconds to import and open its store): the kernel
+        # learns the run's id when something in it first talks to MLflow (`_AWAIT_RUN`). Other kernels start
+        # once the run exists.
         if _is_ipykernel(_kernel_name(draft)):
             km = _start_kernel(draft, folder, env, await_run=True)
         with gc_paused():
@@ -480,16 +518,39 @@ def run(notebook: str | Path, params: Mapping[str, Any] | Callable[[], Mapping[s
         if callable(params):
             params = params()
         checked = _check(notebook, params, experiment=experiment, timeout=timeout, target="local")
-        spec = _prepare(notebook, params, experiment=experiment, name=name, parent_run_id=parent_run_id, tags=tags,
-                        output=output, timeout=timeout, kernel=kernel, target="local", checked=checked, folder=folder)
-        write_spec(spec)
+
+        def create() -> dict:
+            spec = _prepare(notebook, params, experiment=experiment, name=name, parent_run_id=parent_run_id,
+                            tags=tags, output=output, timeout=timeout, kernel=kernel, target="local", checked=checked,
+                            folder=folder)
+            write_spec(spec)
+            if km is not None:
+                _take_over(spec["run_id"], dedicated)
+            return spec
+
+        if km is None:
+            spec = create()
     except BaseException:  # nothing half-made: no kernel, no folder
         if km is not None:
             _stop_kernel(km)
             _reap_kernel_in(folder)
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return execute(spec, show_progress=show_progress, raise_on_failure=raise_on_failure, dedicated=dedicated, km=km)
+    if km is None:
+        return execute(spec, show_progress=show_progress, raise_on_failure=raise_on_failure, dedicated=dedicated)
+    nb = Path(checked[0])
+    known = {"notebook": str(nb), "params": checked[2], "timeout": timeout, "experiment": checked[3],
+             "output": str(Path(output).expanduser().resolve() if output else folder / nb.name)}
+    with ThreadPoolExecutor(1, thread_name_prefix="create-run") as pool:
+        creating = pool.submit(create)
+        try:
+            return execute(known, show_progress=show_progress, raise_on_failure=raise_on_failure,
+                           dedicated=dedicated, km=km, creating=creating)
+        except BaseException:
+            if creating.done() and creating.exception() is not None:  # no run: nothing of it is left
+                _reap_kernel_in(folder)
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
 
 # %% ../../nbs/14d_runs.ipynb #0c368c15
 _CHILDREN: dict[str, subprocess.Popen] = {}  # run id -> the executing process this process started

@@ -111,6 +111,10 @@ def report(trace: Trace) -> None:
     import pandas as pd
 
     run_id = os.environ.get("NOTELAB_RUN_ID")  # inside `notelab run`
+    if run_id is None and run_dir() is not None:  # a run's kernel started before its run: importing MLflow
+        import mlflow  # noqa: F401  (waits for the run's id and sets it: `notelab.runs._AWAIT_RUN`)
+
+        run_id = os.environ.get("NOTELAB_RUN_ID")
     if run_dir() is not None:  # one table per pipeline, a block of rows per run of it (pipeline.map runs many)
         from notelab.tracking import log_examples
 
