@@ -76,7 +76,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            lambda v: None if v in ("auto", "float32", "bfloat16") else "use auto, float32 or bfloat16"),
         "index_min_rows": Key("int", "50000", "a knowledge base of at least this many chunks gets an approximate "
                               "vector index (0: never)", _at_least(0)),
-        "index_type": Key("str", "IVF_HNSW_SQ", "the approximate vector index: IVF_HNSW_SQ, IVF_PQ, IVF_SQ, IVF_FLAT",
+        "index_type": Key("str", "IVF_SQ", "the approximate vector index: IVF_SQ, IVF_HNSW_SQ, IVF_PQ, IVF_FLAT",
                           lambda v: None if v in ("IVF_HNSW_SQ", "IVF_PQ", "IVF_SQ", "IVF_FLAT")
                           else "use IVF_HNSW_SQ, IVF_PQ, IVF_SQ or IVF_FLAT"),
         "nprobes": Key("int", "20", "indexed vector search: partitions searched per query", _at_least(1)),
