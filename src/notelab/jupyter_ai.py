@@ -96,10 +96,9 @@ class NotelabPersona(BasePersona):
 
     @property
     def defaults(self) -> PersonaDefaults:
-        from notelab.rag import INSTRUCTION
-
+        # the system prompt of answers without a knowledge base (with one, notelab.rag's instruction to cite)
         return PersonaDefaults(
-            name="notelab", avatar_path=avatar_path(), system_prompt=INSTRUCTION,
+            name="notelab", avatar_path=avatar_path(), system_prompt="Answer briefly and plainly.",
             description="Answers from your notelab knowledge bases on a worker you launched, citing its sources.")
 
     def __init__(self, *args, **kwargs):
@@ -128,7 +127,7 @@ class NotelabPersona(BasePersona):
 
         if not conf.options:
             raise NoAnswer("No notelab worker is running. Launch one in the Workers panel (or `notelab worker "
-                           "start NAME`), then ask again.")
+                           "up --name NAME`), then ask again.")
         if conf.current not in {o.id for o in conf.options}:
             raise NoAnswer(f"The worker {conf.current!r} is not running; pick one of "
                            f"{', '.join(o.id for o in conf.options)} in the model picker.")
@@ -180,7 +179,7 @@ class NotelabPersona(BasePersona):
 
         def ask() -> dict:
             try:
-                return answer(turn, on_text, where=lab._where)
+                return answer(turn, on_text, where=lab.where)
             finally:
                 loop.call_soon_threadsafe(pieces.put_nowait, done)
 

@@ -64,7 +64,7 @@ def check_turn(body: dict, asking: bool = True) -> dict:
 # %% ../../nbs/17b_lab_chat.ipynb #8fd3897d
 def answer(turn: dict, on_text, where=None, root: Path | None = None) -> dict:
     """Answer a checked turn, streaming text to `on_text`; {citations, usage, finish_reason} (and `steps` from a
-    pipeline). `where(kb, source)` adds where a cited source can be opened (the lab's `Knowledge._where`); `root`:
+    pipeline). `where(kb, source)` adds where a cited source can be opened (the lab's `Knowledge.where`); `root`:
     the lab's root, which a turn's pipeline file is named under."""
     from notelab.client import connect
     from notelab.rag import KnowledgeBase, RagError
@@ -128,16 +128,24 @@ def pipeline_file(root: Path, rel: str) -> Path:
     return p
 
 
-def pipelines(root: Path, most: int = 200) -> list[dict]:
-    "`GET chat/pipelines`: the pipeline files under the lab's `root` ({path, name}), at most `most`."
+def pipelines(root: Path, most: int = 200, depth: int = 4) -> list[dict]:
+    """`GET chat/pipelines`: the pipeline files under the lab's `root` ({path, name}), at most `most`, in folders at
+    most `depth` below it (a lab's root may be a home folder: the panel asks again every few seconds)."""
     root, out = Path(root).resolve(), []
     for d, dirs, files in os.walk(root):
-        dirs[:] = sorted(x for x in dirs if not x.startswith(".") and x not in ("node_modules", "__pycache__"))
+        deep = len(Path(d).relative_to(root).parts) >= depth
+        dirs[:] = [] if deep else sorted(x for x in dirs if not x.startswith(".")
+                                         and x not in ("node_modules", "__pycache__"))
         for f in sorted(files):
             p = Path(d) / f
-            if f.startswith(".") or p.suffix not in PIPELINE_SUFFIXES or p.stat().st_size > 1 << 20:
+            if f.startswith(".") or p.suffix not in PIPELINE_SUFFIXES:
                 continue
-            head = p.read_text(errors="replace")[:8192]
+            try:  # (a dangling link, a file that went, one it may not read, a large data file: not a pipeline)
+                if p.stat().st_size > 1 << 20:
+                    continue
+                head = p.read_text(errors="replace")[:8192]
+            except OSError:
+                continue
             if re.search(r"^kind:\s*[\"']?Pipeline[\"']?\s*$", head, re.M):
                 name = re.search(r"^name:\s*[\"']?([^\"'\n#]+?)[\"']?\s*$", head, re.M)
                 out.append({"path": p.relative_to(root).as_posix(), "name": name[1] if name else p.stem})

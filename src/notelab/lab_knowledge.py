@@ -104,7 +104,7 @@ class Knowledge:
         kb = self._open(name)
         src = kb.sources()
         return {**kb.info(), "job": self._running(name) or self._last(name),
-                "sources": [{"source": r.source, "chunks": int(r.chunks), **self._where(name, r.root, r.source)}
+                "sources": [{"source": r.source, "chunks": int(r.chunks), **self.where(name, r.root, r.source)}
                             for r in src.itertuples()]}
 
     def drop(self, name: str) -> dict:
@@ -121,7 +121,7 @@ class Knowledge:
         return {"dropped": name}
 
     # -- where a source can be opened ----------------------------------------------------------------------
-    def _where(self, name: str, root: str, source: str) -> dict:
+    def where(self, name: str, root: str, source: str) -> dict:
         "`path`: the source relative to the lab's root, when it lies there; `uploaded`: it came by upload."
         f = Path(root) / source
         path = None
@@ -144,7 +144,7 @@ class Knowledge:
             sections = load(f)
         except DocumentError as e:
             raise InvalidInput("source", f"{source}: {e}", 410) from None
-        return {"source": source, **self._where(name, roots[source][1], source),
+        return {"source": source, **self.where(name, roots[source][1], source),
                 "sections": [{"heading": s.heading, "text": s.text, "loc": s.loc} for s in sections]}
 
     def remove(self, name: str, source: str) -> dict:
@@ -189,7 +189,7 @@ class Knowledge:
         roots = kb.file_hashes(sorted(set(hits.source)))  # the hits' sources only, not the whole table
         return [{"rank": int(h.rank), "score": float(h.score), "source": h.source, "heading": h.heading,
                  "text": h.text, "location": h.location, "loc": location(h.location),
-                 **self._where(name, roots.get(h.source, ("", ""))[1], h.source)} for h in hits.itertuples()]
+                 **self.where(name, roots.get(h.source, ("", ""))[1], h.source)} for h in hits.itertuples()]
 
     # -- ingesting, in the background -----------------------------------------------------------------------
     def _running(self, name: str) -> dict | None:

@@ -929,7 +929,7 @@ class ChatHandler(_Base):
 
         def go():
             try:
-                done = answer(turn, on_text, know._where, root=self.service.root)
+                done = answer(turn, on_text, know.where, root=self.service.root)
                 loop.call_soon_threadsafe(events.put_nowait, ("done", done))
             except ChatClosed:
                 loop.call_soon_threadsafe(events.put_nowait, ("closed", {}))
