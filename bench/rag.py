@@ -1,7 +1,7 @@
 """Knowledge-base benchmarks, each against a baseline measured in the same run.
 
     python bench/rag.py [--sizes 10000 100000] [--index-sizes 100000] [--queries 40] [--skip-llamaindex] [--grid-only]
-                        [--dtypes-only]
+                        [--dtypes-only] [--index-only [--tune]] [--memory-only]
 
 1. Ingestion: chunks/s of `notelab rag ingest` on the pydoc corpus (read, chunk, embed, write, index)
    against the embedder's raw throughput on the very same chunk texts. Target: overhead under 10%.
@@ -14,7 +14,8 @@
 4. The approximate vector index: built on synthetic KBs whose vectors scatter around the pydoc corpus's real
    embeddings (uniform random vectors have no neighbourhoods, the worst case for any index), searched (latency
    and recall@10 against the exact scan of the same table), then kept current as 1% more chunks arrive.
-5. The same corpus ingested and queried with LlamaIndex's LanceDB integration (same embedding model,
+5. Peak memory of an ingest as the corpus grows 16-fold (--memory-only): flat when ingest streams.
+6. The same corpus ingested and queried with LlamaIndex's LanceDB integration (same embedding model,
    same chunk budget): ingestion chunks/s, query latency and recall@5 on the shipped questions.
 """
 import argparse
@@ -135,7 +136,7 @@ def vector_recall(kb: KnowledgeBase, questions: list[str], k: int = 10, exact: l
 def tune_points(index: str) -> list[tuple[int, int, int]]:
     "(nprobes, refine_factor, ef) to try: ef only walks an HNSW graph."
     efs = (0, 100, 300) if "HNSW" in index else (0,)
-    return [(nprobes, refine, ef) for nprobes in (10, 20, 50, 100) for refine in (10, 30) for ef in efs]
+    return [(nprobes, refine, ef) for nprobes in (10, 20, 50) for refine in (0, 2, 10) for ef in efs]
 
 
 def tune_grid(kb: KnowledgeBase, questions: list[str]) -> Table:
@@ -257,7 +258,7 @@ def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: li
     "The approximate index: its build, its latency and recall against the exact scan, and an ingest of 1% more."
     words = " ".join(f.read_text() for f in folder.glob("*.txt")).split()
     centers = np.stack(kb.table.to_pandas()["vector"].to_numpy()).astype(np.float32)
-    t = Table(title=f"vector index (\\[rag] index_type, nprobes, refine_factor from settings) on synthetic KBs around "
+    t = Table(title=f"vector index (\\[rag] index_type, partition_rows, nprobes, refine_factor from settings) on synthetic KBs around "
                     f"the pydoc corpus's {len(centers)} real embeddings; ms per query, query embedding included; "
                     "recall@10 of the indexed vector search against an exact scan", title_justify="left")
     for c in ("chunks", "table + FTS s", "index s", "vector p50 exact", "vector p50 indexed", "vector p95 exact",
@@ -279,6 +280,55 @@ def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: li
         console.print(g)
 
 
+_MEMORY_CHILD = """
+import json, resource, sys, time
+from notelab.embed import get_embedder
+from notelab.rag import ingest
+files, name = json.loads(sys.argv[1]), sys.argv[2]
+get_embedder("minilm").embed(["warm up the model"] * 64)
+floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+t0 = time.perf_counter()
+rep = ingest(files, name, show_progress=False)
+print(json.dumps({"chunks": rep.chunks, "seconds": time.perf_counter() - t0, "floor": floor,
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_ingest_memory(megabytes=(0.5, 2, 8)) -> Table:
+    """Peak memory of an ingest as the corpus grows 16-fold (site-packages documentation, `notelab rag corpus
+    sitepackages`): each ingest in a fresh process, beside that process's own peak once the model is loaded."""
+    import json
+    import subprocess
+    import sys
+    import sysconfig
+
+    from notelab.datasets import sitepackages_corpus
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    folder, _ = sitepackages_corpus(tempfile.mkdtemp(prefix="bench-site-"),
+                                    roots=[site / p for p in ("pandas", "numpy", "sklearn", "scipy")], show_progress=False)
+    files = sorted(folder.rglob("*.md"))
+    t = Table(title="ingest memory as the corpus grows (site-packages docs; one process each; MB of RSS)",
+              title_justify="left")
+    for c in ("text MB", "files", "chunks", "chunks/s", "after model load", "peak", "peak - model", "peak / first peak"):
+        t.add_column(c, justify="right")
+    first = None
+    for mb in megabytes:
+        take, size = [], 0
+        for f in files:
+            if size >= mb * 1e6:
+                break
+            take.append(str(f))
+            size += f.stat().st_size
+        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, json.dumps(take), f"bench-mem-{mb}"],
+                             capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        first = first or r["peak"]
+        t.add_row(f"{size / 1e6:.1f}", str(len(take)), f"{r['chunks']:,}", f"{r['chunks'] / r['seconds']:.1f}",
+                  f"{r['floor']:.0f}", f"{r['peak']:.0f}", f"{r['peak'] - r['floor']:.0f}", f"{r['peak'] / first:.2f}")
+    return t
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -290,9 +340,13 @@ def main():
     ap.add_argument("--skip-llamaindex", action="store_true")
     ap.add_argument("--grid-only", action="store_true", help="ingestion and the fusion grids only")
     ap.add_argument("--dtypes-only", action="store_true", help="ingestion and the float32/bfloat16 table only")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="peak memory of ingests of 0.5, 2 and 8 MB of site-packages documentation, one process each")
     ap.add_argument("--index-only", action="store_true",
                     help="the vector-index table only (e.g. --index-only --index-sizes 1000000)")
     a = ap.parse_args()
+    if a.memory_only:
+        return console.print(bench_ingest_memory())
     folder, qa_path = pydoc_corpus(tempfile.mkdtemp(prefix="bench-corpus-"))
     qa = read_qa(qa_path)
     questions = [q["question"] for q in qa][: a.queries]

@@ -17,7 +17,7 @@ from .core import NotelabError
 from .settings import settings
 
 # %% auto #0
-__all__ = ['EMBEDDERS', 'EmbedderError', 'Embedder', 'native_bf16', 'embed_dtype', 'MiniLM', 'WorkerEmbedder',
+__all__ = ['PAD_TO', 'EMBEDDERS', 'EmbedderError', 'Embedder', 'native_bf16', 'embed_dtype', 'MiniLM', 'WorkerEmbedder',
            'register_embedder', 'get_embedder']
 
 # %% ../../nbs/08_embed.ipynb #446ae86c
@@ -68,6 +68,7 @@ def _normalise(v: np.ndarray) -> np.ndarray:
 
 # %% ../../nbs/08_embed.ipynb #22c5f0e6
 _LOAD = threading.Lock()
+PAD_TO = 16  # tokens: batches are padded to a multiple of this
 
 
 def native_bf16() -> bool:
@@ -114,8 +115,9 @@ class MiniLM(Embedder):
 
                 hf_logging.disable_progress_bar()  # the weight-loading bar, once per process: noise
 
-                _MODELS[key] = SentenceTransformer(str(self.path), device="cpu",
-                                                   model_kwargs={"dtype": getattr(torch, self.dtype)})
+                m = SentenceTransformer(str(self.path), device="cpu", model_kwargs={"dtype": getattr(torch, self.dtype)})
+                m[0].processing_kwargs = {"text": {"pad_to_multiple_of": PAD_TO}}  # a few input shapes: see above
+                _MODELS[key] = m
             return _MODELS[key]
 
     def embed(self, texts, batch_size=64):

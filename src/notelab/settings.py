@@ -79,8 +79,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "index_type": Key("str", "IVF_SQ", "the approximate vector index: IVF_SQ, IVF_HNSW_SQ, IVF_PQ, IVF_FLAT",
                           lambda v: None if v in ("IVF_HNSW_SQ", "IVF_PQ", "IVF_SQ", "IVF_FLAT")
                           else "use IVF_HNSW_SQ, IVF_PQ, IVF_SQ or IVF_FLAT"),
+        "partition_rows": Key("int", "1024", "the vector index's partitions hold about this many chunks (a probe "
+                              "compares a query with every chunk of its partition)", _at_least(64)),
         "nprobes": Key("int", "20", "indexed vector search: partitions searched per query", _at_least(1)),
-        "refine_factor": Key("int", "10", "indexed vector search: re-rank k x this candidates by exact distance "
+        "refine_factor": Key("int", "2", "indexed vector search: re-rank k x this candidates by exact distance "
                              "(0: none)", _at_least(0)),
         "ef": Key("int", "0", "indexed HNSW search: candidates kept while walking each partition's graph (0: LanceDB's "
                   "default; recall rises with it)", _at_least(0)),
@@ -282,6 +284,33 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] = os.en
     return Settings(values, sources, path)
 
 
+_READ: dict[tuple, Settings] = {}  # what settings() read, by what it depends on
+
+
+def _stamp(f: Path) -> tuple | None:
+    try:
+        st = f.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def settings() -> Settings:
-    "The settings in effect now (read afresh, so a changed variable or file takes effect)."
-    return load_settings()
+    """The settings in effect now: a changed variable or file takes effect at the next call. They are read again
+    only when something they depend on changed (the `NOTELAB_*` variables, HOME, the working folder, a
+    `settings.ini` on the way up from it): a search asks for them several times, and a read costs ~2 ms."""
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # no working folder: let the reader say so
+        return load_settings()
+    env = os.environ
+    given = env.get("NOTELAB_SETTINGS")
+    key = (tuple(sorted((k, v) for k, v in env.items() if k.startswith("NOTELAB_"))), env.get("HOME"), here,
+           tuple(_stamp(d / "settings.ini") for d in (here, *here.parents)),
+           _stamp(Path(given).expanduser()) if given and given != "none" else None)
+    if (got := _READ.get(key)) is None:
+        got = load_settings()
+        if len(_READ) >= 16:  # folders and variables of the past: forget them
+            _READ.clear()
+        _READ[key] = got
+    return got
