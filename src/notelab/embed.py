@@ -115,6 +115,11 @@ class MiniLM(Embedder):
 
                 hf_logging.disable_progress_bar()  # the weight-loading bar, once per process: noise
 
+                if not _MODELS.get("forks"):  # a forked child (multiprocessing's default on Linux) inherits
+                    # GNU OpenMP's thread pool dead and hangs at its first parallel op: it computes on one thread,
+                    # as torch's own DataLoader workers do
+                    os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
+                    _MODELS["forks"] = True
                 m = SentenceTransformer(str(self.path), device="cpu", model_kwargs={"dtype": getattr(torch, self.dtype)})
                 m[0].processing_kwargs = {"text": {"pad_to_multiple_of": PAD_TO}}  # a few input shapes: see above
                 _MODELS[key] = m

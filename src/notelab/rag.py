@@ -231,7 +231,7 @@ class KnowledgeBase:
     def info(self) -> dict:
         tbl = self.table
         n = tbl.count_rows()
-        docs = len(self.file_hashes()) if n else 0
+        docs = len(doc_sizes(self)) if n else 0  # (counted once per table version, shared with hybrid search)
         return {**self.meta, "chunks": n, "documents": docs, "version": tbl.version,
                 "index": vector_index(tbl) or "exact"}
 
@@ -504,6 +504,14 @@ def fuse(rankings: Sequence[pd.DataFrame], sizes: dict[str, int], *, k: int | No
 _HIT_COLUMNS = ["id", "source", "stem", "root", "heading", "text", "loc", "chunk"]  # what a hit carries
 _KINDS: dict[tuple[str, int], str | None] = {}  # (table path, version) -> its vector index
 _LEGS = ThreadPoolExecutor(4, thread_name_prefix="notelab-fts")  # the full-text leg of hybrid searches
+
+
+def _new_legs():  # threads do not survive fork(): a forked child gets a pool of its own (LanceDB resets its own too)
+    global _LEGS
+    _LEGS = ThreadPoolExecutor(4, thread_name_prefix="notelab-fts")
+
+
+os.register_at_fork(after_in_child=_new_legs)
 
 
 def _index_kind(kb: KnowledgeBase, tbl) -> str | None:
