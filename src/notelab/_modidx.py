@@ -517,6 +517,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'notelab.rag._ingest': ('rag.html#_ingest', 'notelab/rag.py'),
                              'notelab.rag._loc_text': ('rag.html#_loc_text', 'notelab/rag.py'),
                              'notelab.rag._new_legs': ('rag.html#_new_legs', 'notelab/rag.py'),
+                             'notelab.rag._per_version': ('rag.html#_per_version', 'notelab/rag.py'),
                              'notelab.rag._prompt': ('rag.html#_prompt', 'notelab/rag.py'),
                              'notelab.rag._rows': ('rag.html#_rows', 'notelab/rag.py'),
                              'notelab.rag._search': ('rag.html#_search', 'notelab/rag.py'),

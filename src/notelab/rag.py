@@ -456,19 +456,26 @@ def ingest(paths: str | Path | Sequence[str | Path], kb: str, *, prune: bool = F
                    on_progress=on_progress)
 
 # %% ../../nbs/10_rag.ipynb #9f685088
-_SIZES: dict[tuple[str, int], dict[str, int]] = {}  # (table path, version) -> chunks per source
+_VERSIONED: dict[tuple[str, int, str], object] = {}  # (table path, version, what) -> what was read from it
+
+
+def _per_version(kb: "KnowledgeBase", tbl, what: str, read):
+    "`read()` once per version of the KB's table (a version never changes, so neither does what it holds)."
+    key = (str(kb.path), tbl.version, what)
+    if key not in _VERSIONED:
+        if len(_VERSIONED) >= 64:  # versions of KBs past: forget them
+            _VERSIONED.clear()
+        _VERSIONED[key] = read()
+    return _VERSIONED[key]
 
 
 def doc_sizes(kb: "KnowledgeBase") -> dict[str, int]:
     "Chunks per source in the KB's current table version (read once per version)."
-    tbl = kb.table
-    key = (str(kb.path), tbl.version)
-    if key not in _SIZES:
-        src = tbl.search().select(["source"]).limit(max(tbl.count_rows(), 1)).to_arrow().column("source")
-        if len(_SIZES) >= 32:  # versions of KBs past: forget them
-            _SIZES.clear()
-        _SIZES[key] = src.to_pandas().value_counts().to_dict()
-    return _SIZES[key]
+    def read():
+        g = kb._per_source()
+        return dict(zip(g["source"].to_pylist(), g["source_count"].to_pylist()))
+
+    return _per_version(kb, kb.table, "sizes", read)
 
 
 def fused(rankings: Sequence[tuple[Sequence[str], Sequence[str]]], sizes: dict[str, int], *, k: int | None = None,
@@ -502,7 +509,6 @@ def fuse(rankings: Sequence[pd.DataFrame], sizes: dict[str, int], *, k: int | No
 
 # %% ../../nbs/10_rag.ipynb #1526bf4f
 _HIT_COLUMNS = ["id", "source", "stem", "root", "heading", "text", "loc", "chunk"]  # what a hit carries
-_KINDS: dict[tuple[str, int], str | None] = {}  # (table path, version) -> its vector index
 _LEGS = ThreadPoolExecutor(4, thread_name_prefix="notelab-fts")  # the full-text leg of hybrid searches
 
 
@@ -516,12 +522,7 @@ os.register_at_fork(after_in_child=_new_legs)
 
 def _index_kind(kb: KnowledgeBase, tbl) -> str | None:
     "`vector_index` of the KB's table, asked once per table version (a search would ask LanceDB every time)."
-    key = (str(kb.path), tbl.version)
-    if key not in _KINDS:
-        if len(_KINDS) >= 32:
-            _KINDS.clear()
-        _KINDS[key] = vector_index(tbl)
-    return _KINDS[key]
+    return _per_version(kb, tbl, "index", lambda: vector_index(tbl))
 
 
 def _search(kb: KnowledgeBase, query: str, *, k: int, mode: str, where: str | None, embedder) -> pd.DataFrame:
