@@ -438,6 +438,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'notelab.models.newline_token_ids': ('models.html#newline_token_ids', 'notelab/models.py'),
                                 'notelab.models.parse_ref': ('models.html#parse_ref', 'notelab/models.py'),
                                 'notelab.models.pull_model': ('models.html#pull_model', 'notelab/models.py'),
+                                'notelab.models.record_added_tokens': ('models.html#record_added_tokens', 'notelab/models.py'),
                                 'notelab.models.register_source': ('models.html#register_source', 'notelab/models.py'),
                                 'notelab.models.remove_model': ('models.html#remove_model', 'notelab/models.py'),
                                 'notelab.models.resolve': ('models.html#resolve', 'notelab/models.py'),

