@@ -143,3 +143,25 @@ def shared() -> str:
     if not name:
         pytest.fail("no shared worker: mark the test with @pytest.mark.worker")
     return name
+
+
+@pytest.fixture(scope="session")
+def pydoc_kb(tmp_path_factory) -> tuple[Path, Path]:
+    """The shipped pydoc corpus ingested through the CLI as knowledge base `pydoc`, once per test process (the RAG
+    and the agents' tests read it; none writes to it): (the corpus folder, its questions)."""
+    import json
+    import subprocess
+    import sys
+
+    from notelab.datasets import pydoc_corpus
+    from notelab.rag import drop_kb, list_kbs
+
+    folder, qa = pydoc_corpus(tmp_path_factory.mktemp("corpus"))
+    if "pydoc" in {k["name"] for k in list_kbs(as_frame=False)}:
+        drop_kb("pydoc")
+    r = subprocess.run([str(Path(sys.executable).parent / "notelab"), "rag", "ingest", str(folder), "--kb", "pydoc",
+                        "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert len(rep["added"]) == len(list(folder.glob("*.txt"))) and not rep["failed"]
+    return folder, qa

@@ -18,7 +18,6 @@ from notelab.pipeline_files import SpecError, load_pipeline
 from notelab.pipelines import FanOut, Pipeline, PipelineError, Router
 from notelab.store import tracking_uri
 from notelab.tracing import Trace
-from notelab.rag import ingest
 
 NOTELAB = str(Path(sys.executable).parent / "notelab")
 pytestmark = pytest.mark.worker
@@ -46,10 +45,8 @@ def tool_demo(name: str, age: int, unit: Literal["km", "mi"] = "km") -> str:
 
 
 @pytest.fixture(scope="module")
-def kb(shared):
-    folder, _ = pydoc_corpus()
-    ingest(folder, "pydoc", show_progress=False)
-    return "pydoc"
+def kb(shared, pydoc_kb):
+    return "pydoc"  # ingested once per test process (conftest.py), shared with the RAG tests
 
 
 def test_tool_call_arguments_parse_and_validate(shared):

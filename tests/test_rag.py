@@ -20,15 +20,8 @@ def run(*args, **kw):
 
 
 @pytest.fixture(scope="module")
-def pydoc(tmp_path_factory):
-    folder, qa = pydoc_corpus(tmp_path_factory.mktemp("corpus"))
-    if "pydoc" in {k["name"] for k in list_kbs(as_frame=False)}:
-        drop_kb("pydoc")
-    r = run("rag", "ingest", str(folder), "--kb", "pydoc", "--json")
-    assert r.returncode == 0, r.stderr
-    rep = json.loads(r.stdout)
-    assert len(rep["added"]) == len(list(folder.glob("*.txt"))) and not rep["failed"]
-    return folder, qa
+def pydoc(pydoc_kb):
+    return pydoc_kb  # ingested through the CLI once per test process (conftest.py), shared with the agents' tests
 
 
 @pytest.fixture
