@@ -38,7 +38,8 @@ from rich.table import Table
 from notelab.datasets import pydoc_corpus, stdlib_corpus
 from notelab.docs import chunk_sections, load
 from notelab.embed import get_embedder
-from notelab.rag import MODES, KnowledgeBase, doc_ranking, ingest, maintain_indices, read_qa, score_ranking, vector_index
+from notelab.rag import (MODES, KnowledgeBase, doc_ranking, drop_kb, ingest, maintain_indices, read_qa, score_ranking,
+                         vector_index)
 
 console = Console(width=140)
 
@@ -159,7 +160,8 @@ def tune_grid(kb: KnowledgeBase, questions: list[str]) -> Table:
     return t
 
 
-def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[str], tune: bool = False) -> dict:
+def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[str], tune: bool = False,
+                folder: Path | None = None) -> dict:
     """One KB of `n` chunks (vectors around the corpus's real embeddings): exact search, then the approximate index
     built ([rag] index_type), searched, and kept current as 1% more chunks arrive (`maintain_indices`: optimize)."""
     from notelab.settings import settings
@@ -182,6 +184,12 @@ def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[s
         t0 = time.perf_counter()
         maintain_indices(kb.table)
         out[f"+{share} s"] = time.perf_counter() - t0
+    if folder is not None:  # real documents, read, chunked, embedded and indexed: into this KB, then into an empty one
+        for into in (kb.name, f"bench-empty-{n}"):
+            t0 = time.perf_counter()
+            ingest(folder, into, show_progress=False)
+            out.setdefault("ingest_s", []).append(time.perf_counter() - t0)
+        drop_kb(f"bench-empty-{n}")
     out["recall@10 after"] = vector_recall(kb, questions)
     return out
 
@@ -268,11 +276,12 @@ def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: li
                     "recall@10 of the indexed vector search against an exact scan", title_justify="left")
     for c in ("chunks", "table + FTS s", "index s", "vector p50 exact", "vector p50 indexed", "vector p95 exact",
               "vector p95 indexed", "hybrid p95 exact", "hybrid p95 indexed", "recall@10",
-              "upkeep s: +0.1% / +1% rows (ratio)", "+1% upkeep / index build", "recall@10 after"):
+              "upkeep s: +0.1% / +1% rows (ratio)", "+1% upkeep / index build", "recall@10 after",
+              "ingest of the corpus s: into this KB / into an empty one (ratio)"):
         t.add_column(c, justify="right")
     grids = []
     for n in sizes:
-        r = bench_index(n, words, centers, questions, tune)
+        r = bench_index(n, words, centers, questions, tune, folder)
         if tune:
             grids.append(r["tune"])
         e, i = r["exact"], r["indexed"]
@@ -280,7 +289,8 @@ def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: li
                   f"{i['vector'][0]:.1f}", f"{e['vector'][1]:.1f}", f"{i['vector'][1]:.1f}", f"{e['hybrid'][1]:.1f}",
                   f"{i['hybrid'][1]:.1f}", f"{r['recall@10']:.3f}",
                   f"{r['+0.1% s']:.2f} / {r['+1% s']:.2f} ({r['+1% s'] / r['+0.1% s']:.1f})",
-                  f"{r['+1% s'] / r['index_s']:.3f}", f"{r['recall@10 after']:.3f}")
+                  f"{r['+1% s'] / r['index_s']:.3f}", f"{r['recall@10 after']:.3f}",
+                  "{:.1f} / {:.1f} ({:.2f})".format(*r["ingest_s"], r["ingest_s"][0] / r["ingest_s"][1]))
     console.print(t)
     for g in grids:
         console.print(g)
