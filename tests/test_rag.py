@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from notelab.datasets import PYDOC_QA, pydoc_corpus
+from notelab.datasets import PYDOC_QA
 from notelab.docs import _tiny_pdf
 from notelab.rag import KnowledgeBase, RagError, drop_kb, evaluate, ingest, list_kbs, search
 
