@@ -293,6 +293,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'notelab.embed._load_tokenizer': ('embed.html#_load_tokenizer', 'notelab/embed.py'),
                                'notelab.embed._minilm': ('embed.html#_minilm', 'notelab/embed.py'),
                                'notelab.embed._normalise': ('embed.html#_normalise', 'notelab/embed.py'),
+                               'notelab.embed._one_thread_after_fork': ('embed.html#_one_thread_after_fork', 'notelab/embed.py'),
                                'notelab.embed._worker': ('embed.html#_worker', 'notelab/embed.py'),
                                'notelab.embed.embed_dtype': ('embed.html#embed_dtype', 'notelab/embed.py'),
                                'notelab.embed.get_embedder': ('embed.html#get_embedder', 'notelab/embed.py'),

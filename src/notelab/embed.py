@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
@@ -68,8 +69,17 @@ def _normalise(v: np.ndarray) -> np.ndarray:
 
 # %% ../../nbs/08_embed.ipynb #22c5f0e6
 _LOAD = threading.Lock()
-_FORKS: list = []  # the at-fork hook is registered (once per process)
 PAD_TO = 16  # tokens: batches are padded to a multiple of this
+
+
+@cache  # once per process
+def _one_thread_after_fork() -> None:
+    "Make a child forked from this process compute on one thread."
+    # (a forked child, multiprocessing's default on Linux, inherits GNU OpenMP's thread pool dead and hangs at its
+    # first parallel op; torch's DataLoader workers do the same)
+    import torch
+
+    os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
 
 
 def native_bf16() -> bool:
@@ -116,10 +126,7 @@ class MiniLM(Embedder):
 
                 hf_logging.disable_progress_bar()  # the weight-loading bar, once per process: noise
 
-                if not _FORKS:  # a forked child (multiprocessing's default on Linux) inherits GNU OpenMP's thread
-                    # pool dead and hangs at its first parallel op: it computes on one thread, as DataLoader workers do
-                    os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
-                    _FORKS.append(True)
+                _one_thread_after_fork()
                 m = SentenceTransformer(str(self.path), device="cpu", model_kwargs={"dtype": getattr(torch, self.dtype)})
                 m[0].processing_kwargs = {"text": {"pad_to_multiple_of": PAD_TO}}  # a few input shapes: see above
                 _MODELS[key] = m

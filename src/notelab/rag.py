@@ -549,14 +549,12 @@ def fuse(rankings: Sequence[pd.DataFrame], sizes: dict[str, int], *, k: int | No
 
 # %% ../../nbs/10_rag.ipynb #1526bf4f
 _HIT_COLUMNS = ["id", "source", "stem", "root", "heading", "text", "loc", "chunk"]  # what a hit carries
-_LEGS = ThreadPoolExecutor(4, thread_name_prefix="notelab-fts")  # the full-text leg of hybrid searches
-
-
 def _new_legs():  # threads do not survive fork(): a forked child gets a pool of its own (LanceDB resets its own too)
     global _LEGS
-    _LEGS = ThreadPoolExecutor(4, thread_name_prefix="notelab-fts")
+    _LEGS = ThreadPoolExecutor(4, thread_name_prefix="notelab-fts")  # the full-text leg of hybrid searches
 
 
+_new_legs()
 os.register_at_fork(after_in_child=_new_legs)
 
 
