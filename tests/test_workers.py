@@ -155,6 +155,7 @@ def test_lifecycle_on_a_given_port_and_down_leaves_no_process():
         assert len(family) >= 2  # the API server and its engine core
         log = "\n".join(worker_logs("life", lines=400))
         assert "--max-num-seqs 4" in log and "Application startup complete" in log
+        assert "the engine core and its worker start by fork" in log  # notelab's vLLM platform plugin ([workers] cpu_fork)
         assert notelab.connect("life").ask("Hi", max_tokens=4) is not None
         r = subprocess.run([NOTELAB, "worker", "down", "life"], capture_output=True, text=True)
         assert r.returncode == 0 and "stopped life" in r.stdout

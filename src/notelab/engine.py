@@ -18,8 +18,9 @@ from .core import EngineError, atomic_write
 from .settings import Settings, settings
 
 # %% auto #0
-__all__ = ['RESERVED', 'RESERVED_FLAGS', 'COMPACT_JSON', 'Engine', 'visible_gpus', 'detect_engine', 'plan_gpus', 'cpu_slice',
-           'vllm_options', 'check_extra_args', 'model_context', 'Launch', 'replica_launch']
+__all__ = ['RESERVED', 'RESERVED_FLAGS', 'COMPACT_JSON', 'FORK_ENV', 'FORK_PLATFORM', 'Engine', 'visible_gpus', 'detect_engine',
+           'plan_gpus', 'cpu_slice', 'vllm_options', 'check_extra_args', 'model_context', 'Launch', 'replica_launch',
+           'fork_platform']
 
 # %% ../../nbs/03_engine.ipynb #97c2ab43
 @dataclass(frozen=True)
@@ -200,6 +201,10 @@ def model_context(model_path) -> int | None:
     return min(limits) if limits else None
 
 
+FORK_ENV = "NOTELAB_VLLM_FORK"  # in a replica's environment: vLLM's engine processes start by fork (see below)
+FORK_PLATFORM = "notelab.vllm_fork.ForkingCpuPlatform"
+
+
 @dataclass
 class Launch:
     "The argv and environment that start one replica."
@@ -234,8 +239,21 @@ def replica_launch(engine: Engine, *, model_path: str, served_names: list[str], 
         env.pop("CUDA_VISIBLE_DEVICES", None)
         if w.cpu_enforce_eager and not _has(extra, "--enforce-eager"):
             argv.append("--enforce-eager")
+        if w.cpu_fork:  # see "Fork, not spawn" below
+            env[FORK_ENV] = "1"
+            if bind != "nobind":
+                env["GOMP_CPU_AFFINITY"] = bind.replace(",", " ")
     else:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         if len(gpus) > 1 and not _has(extra, "--tensor-parallel-size") and not _has(extra, "-tp"):
             argv += ["--tensor-parallel-size", str(len(gpus))]
     return Launch(argv + extra, env)
+
+# %% ../../nbs/03_engine.ipynb #d439853e
+def fork_platform() -> str | None:
+    "vLLM platform plugin: notelab's forking CPU platform, in a replica notelab started with `cpu_fork` on."
+    if os.environ.get(FORK_ENV) != "1":
+        return None
+    from vllm.platforms import cpu_platform_plugin
+
+    return FORK_PLATFORM if cpu_platform_plugin() == "vllm.platforms.cpu.CpuPlatform" else None

@@ -60,6 +60,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "cpu_kvcache_gib": Key("int", "2", "CPU engine: KV cache GiB per replica", _at_least(1)),
         "cpu_threads": Key("int", "0", "CPU engine: threads per replica; 0 shares the cores", _at_least(0)),
         "cpu_enforce_eager": Key("bool", "true", "CPU engine: skip torch.compile for a faster start"),
+        "cpu_fork": Key("bool", "true", "CPU engine: start vLLM's engine processes by fork, not spawn (faster start)"),
         "compact_json": Key("bool", "true", "structured outputs without free whitespace (small models loop on it)"),
     },
     "rag": {
