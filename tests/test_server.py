@@ -325,6 +325,10 @@ async def test_chat_through_an_agent_pipeline(jp_fetch, shared, jp_root_dir):
     done = json.loads(text.split("event: done\ndata: ")[1].split("\n")[0])
     assert [(s["path"], s["status"]) for s in done["steps"] if s["kind"] == "llm"][:1] == [("1/answerer", "ok")], done
     assert done["usage"]["completion_tokens"] > 0
+    # the answer streamed as the worker wrote it (a piece per token or so), and the pieces make the answer
+    pieces = [json.loads(b.split("data: ", 1)[1])["text"] for b in text.split("\n\n") if b.startswith("event: text")]
+    assert "".join(pieces).strip() == done["output"] and done["output"], (pieces, done)
+    assert len(pieces) > 1 or done["usage"]["completion_tokens"] == 1, pieces
 
 
 def test_openapi_follows_the_rules():

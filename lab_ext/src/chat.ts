@@ -169,6 +169,10 @@ export class ChatPanel extends LivePanel {
             text.textContent += data.text;
             this.log.scrollTop = this.log.scrollHeight;
           } else if (kind === 'done') {
+            // a pipeline's answer as it returned it, where that differs from what streamed
+            if (typeof data.output === 'string' && data.output.trim() !== (text.textContent ?? '').trim()) {
+              text.textContent = data.output;
+            }
             this.cite(reply, kb, data.citations ?? []);
             this.steps(reply, data.steps ?? []);
             done = true;

@@ -10,6 +10,8 @@ import inspect
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -18,8 +20,8 @@ from .settings import settings
 from .tracing import Step, Trace
 
 # %% auto #0
-__all__ = ['PERSONALITIES', 'AgentError', 'StepLimitError', 'Tool', 'tool', 'Result', 'Agent', 'QA', 'Classifier', 'Summarizer',
-           'Critic']
+__all__ = ['PERSONALITIES', 'AgentError', 'StepLimitError', 'Tool', 'tool', 'Result', 'streaming', 'streaming_to', 'Agent', 'QA',
+           'Classifier', 'Summarizer', 'Critic']
 
 # %% ../../nbs/15_agents.ipynb #2d4bf3c3
 class AgentError(NotelabError):
@@ -135,6 +137,44 @@ class Result:
         return f"{self.output}\n\n*{len(self.trace.steps)} steps, {self.trace.tokens} tokens*"
 
 
+# where the free-text replies of agents running in this thread go as they are written (None: nowhere)
+_stream_to: ContextVar = ContextVar("notelab_stream_to", default=None)
+
+
+@contextmanager
+def streaming(on_text):
+    """Within: the unconstrained replies of the agents that run in this thread (a plain agent's answer, a QA's
+    answer, a summary) stream their text to `on_text(piece)`; `None` turns streaming off. A reply constrained to a
+    schema or to labels (a tool call, a verdict, a route) is not shown, and threads an agent starts (a summary's map,
+    a fan-out's branches) do not inherit it."""
+    token = _stream_to.set(on_text)
+    try:
+        yield
+    finally:
+        _stream_to.reset(token)
+
+
+def streaming_to():
+    "Where the unconstrained replies of agents running in this thread stream now (`None`: nowhere)."
+    return _stream_to.get()
+
+
+def _streamed(stream, on_text) -> tuple[str, Any, str | None]:
+    "(text, usage, finish reason) of a streamed chat completion, each piece of text given to `on_text` on the way."
+    parts, usage, finish = [], None, None
+    try:
+        for ch in stream:
+            usage = ch.usage or usage
+            if ch.choices:
+                finish = ch.choices[0].finish_reason or finish
+                if t := ch.choices[0].delta.content:
+                    parts.append(t)
+                    on_text(t)
+    finally:
+        stream.close()  # a consumer that raised (the reader went away) ends the worker's generation too
+    return "".join(parts), usage, finish
+
+
 @dataclass
 class Agent:
     "An agent: instructions (role + personality), a worker or model, sampling settings, tools, a step limit."
@@ -188,23 +228,29 @@ class Agent:
             kw["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
         if choice is not None:
             extra["structured_outputs"] = {"choice": list(choice)}
+        to = _stream_to.get() if schema is None and choice is None else None  # a constrained reply is never shown
         with trace.step(step, "llm", messages[-1]["content"], path) as s:
             r = c.chat.completions.create(model=c.model, messages=messages, temperature=self.temperature,
-                                          max_tokens=max_tokens or self.max_tokens, extra_body=extra, **kw)
-            s.output = (r.choices[0].message.content or "").strip()
-            if r.usage:
-                s.prompt_tokens, s.completion_tokens = r.usage.prompt_tokens, r.usage.completion_tokens
-            if schema is not None and r.choices[0].finish_reason == "length":
+                                          max_tokens=max_tokens or self.max_tokens, extra_body=extra, **kw,
+                                          **({"stream": True, "stream_options": {"include_usage": True}} if to else {}))
+            text, usage, finish = _streamed(r, to) if to else (r.choices[0].message.content, r.usage,
+                                                                 r.choices[0].finish_reason)
+            s.output = (text or "").strip()
+            if usage:
+                s.prompt_tokens, s.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+            if schema is not None and finish == "length":
                 raise AgentError(f"agent {self.name!r}: the reply was cut at max_tokens={max_tokens or self.max_tokens} "
                                  "before its JSON closed; raise max_tokens")
         return s.output
 
     # -- running ---------------------------------------------------------------------------------------
-    def run(self, input: str | Result, *, trace: Trace | None = None, path: str = "") -> Result:
-        "Run on `input` (text, or the previous step's result) and return a `Result`."
+    def run(self, input: str | Result, *, trace: Trace | None = None, path: str = "", on_text=None) -> Result:
+        """Run on `input` (text, or the previous step's result) and return a `Result`; `on_text(piece)` is given the
+        answer's text as the worker writes it (see `streaming`)."""
         trace = trace if trace is not None else Trace(self.name)
         prev = input if isinstance(input, Result) else Result(str(input), {"question": str(input)}, trace)
-        data, text = self._run(prev, trace, path or self.name)
+        with streaming(on_text) if on_text else nullcontext():
+            data, text = self._run(prev, trace, path or self.name)
         # data accumulates along a pipeline: a summary of a checked answer still carries its verdict and citations
         return Result(text, {**prev.data, **data, "agent": self.name}, trace, self)
 
@@ -276,7 +322,7 @@ class QA(Agent):
         with trace.step(step or self.name, "llm", question, path) as s:
             a = kb.ask(question, worker=self.worker or self.client().worker, k=self.k, mode=self.mode,
                        max_tokens=self.max_tokens, system=self.system() or None, instruction=instruction,
-                       temperature=self.temperature)
+                       temperature=self.temperature, on_text=_stream_to.get())
             s.output = a.text
             s.prompt_tokens, s.completion_tokens = a.usage.get("prompt_tokens", 0), a.usage.get("completion_tokens", 0)
         sources = [{"n": int(h.rank), "source": h.source, "location": h.location, "text": h.text}

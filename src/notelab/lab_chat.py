@@ -170,13 +170,24 @@ def _through_pipeline(turn: dict, on_text, root: Path) -> dict:
 
     p = load_flow(root, turn["pipeline"], turn["worker"])
     trace = Trace(p.name)
-    try:
-        r = p.run(turn["messages"][-1]["content"], trace=trace)
+    shown: list[str] = []
+
+    def show(t: str):
+        shown.append(t)
+        on_text(t)
+
+    try:  # the last step's answer streams as it is written
+        r = p.run(turn["messages"][-1]["content"], trace=trace, on_text=show)
     except PipelineError as e:
+        if isinstance(e.__cause__, ChatClosed):
+            raise e.__cause__ from None
         raise NotelabError(f"the pipeline {p.name!r} failed: {e}") from None
-    on_text(r.output)
+    if not "".join(shown).strip():  # the last step answered without streaming (a function, a tool's answer)
+        on_text(r.output)
     steps = sorted(trace.steps, key=lambda s: s.start)
-    return {"citations": [], "finish_reason": "stop",
+    # `output`: the answer as the pipeline returned it, for a reader whose streamed text differs (a custom last step
+    # that wrote more than it returned): the panel shows `output`
+    return {"citations": [], "finish_reason": "stop", "output": r.output,
             "usage": {"prompt_tokens": sum(s.prompt_tokens for s in steps),
                       "completion_tokens": sum(s.completion_tokens for s in steps)},
             "steps": [{"path": s.path, "name": s.name, "kind": s.kind, "status": s.status,

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .agents import Agent, AgentError, Classifier, Result
+from .agents import Agent, AgentError, Classifier, Result, streaming, streaming_to
 from .core import progress
 from .tracing import Step, Trace, clip, report
 
@@ -69,12 +69,15 @@ class Pipeline:
         [walk(s) for s in self.steps]
         return found
 
-    def run(self, input: str, *, trace: Trace | None = None) -> Result:
-        "Run every step; a failing step raises `PipelineError` with the trace so far."
+    def run(self, input: str, *, trace: Trace | None = None, on_text=None) -> Result:
+        """Run every step; a failing step raises `PipelineError` with the trace so far. `on_text(piece)` gets the
+        last step's answer as the worker writes it (the steps before it are not shown; see `agents.streaming`)."""
         trace = trace if trace is not None else Trace(self.name)
         value = Result(str(input), {"question": str(input)}, trace)
+        to = on_text or streaming_to()
         for i, step in enumerate(self.steps, 1):
-            value = self._step(step, value, trace, f"{i}")
+            with streaming(to if i == len(self.steps) else None):
+                value = self._step(step, value, trace, f"{i}")
         report(trace)
         return value
 
@@ -127,8 +130,10 @@ def _run_step(step, value: Result, trace: Trace, path: str) -> Result:
     if isinstance(step, Agent):
         return step.run(value, trace=trace, path=path)
     if isinstance(step, Pipeline):
+        to = streaming_to()  # a pipeline inside a pipeline: its own last step is the one that may stream
         for i, s in enumerate(step.steps, 1):
-            value = _run_step(s, value, trace, f"{path}/{i}/{step_label(s)}")
+            with streaming(to if i == len(step.steps) else None):
+                value = _run_step(s, value, trace, f"{path}/{i}/{step_label(s)}")
         return value
     if isinstance(step, FanOut):
         if step.split:
