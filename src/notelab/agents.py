@@ -159,22 +159,6 @@ def streaming_to():
     return _stream_to.get()
 
 
-def _streamed(stream, on_text) -> tuple[str, Any, str | None]:
-    "(text, usage, finish reason) of a streamed chat completion, each piece of text given to `on_text` on the way."
-    parts, usage, finish = [], None, None
-    try:
-        for ch in stream:
-            usage = ch.usage or usage
-            if ch.choices:
-                finish = ch.choices[0].finish_reason or finish
-                if t := ch.choices[0].delta.content:
-                    parts.append(t)
-                    on_text(t)
-    finally:
-        stream.close()  # a consumer that raised (the reader went away) ends the worker's generation too
-    return "".join(parts), usage, finish
-
-
 @dataclass
 class Agent:
     "An agent: instructions (role + personality), a worker or model, sampling settings, tools, a step limit."
@@ -233,11 +217,16 @@ class Agent:
             r = c.chat.completions.create(model=c.model, messages=messages, temperature=self.temperature,
                                           max_tokens=max_tokens or self.max_tokens, extra_body=extra, **kw,
                                           **({"stream": True, "stream_options": {"include_usage": True}} if to else {}))
-            text, usage, finish = _streamed(r, to) if to else (r.choices[0].message.content, r.usage,
-                                                                 r.choices[0].finish_reason)
+            if to:
+                from notelab.client import read_stream
+
+                text, usage, finish = read_stream(r, to)
+            else:
+                text, finish = r.choices[0].message.content, r.choices[0].finish_reason
+                usage = r.usage.model_dump() if r.usage else {}
             s.output = (text or "").strip()
             if usage:
-                s.prompt_tokens, s.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                s.prompt_tokens, s.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
             if schema is not None and finish == "length":
                 raise AgentError(f"agent {self.name!r}: the reply was cut at max_tokens={max_tokens or self.max_tokens} "
                                  "before its JSON closed; raise max_tokens")

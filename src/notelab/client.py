@@ -23,7 +23,7 @@ from .workers import get_worker, list_workers, record_stamp
 
 # %% auto #0
 __all__ = ['PrefixIndex', 'prompt_text', 'routing_metrics', 'ReplicaPool', 'RoutingTransport', 'AsyncRoutingTransport',
-           'AsyncClient', 'Client', 'connect']
+           'AsyncClient', 'Client', 'connect', 'read_stream']
 
 # %% ../../nbs/05_client.ipynb #02bdb038
 class PrefixIndex:
@@ -514,3 +514,25 @@ def connect(worker: str | None = None, *, model: str | None = None, timeout: flo
     note_use("worker", name)  # an experiment run records what it talked to
     note_use("model", pool.model_ref)
     return Client(pool=pool, timeout=timeout, max_retries=max_retries)
+
+# %% ../../nbs/05_client.ipynb #dae94061
+def read_stream(stream, on_text=None) -> tuple[str, dict, str | None]:
+    "(text, usage {prompt_tokens, completion_tokens}, finish reason) of a streamed chat completion."
+    parts, usage, finish = [], {}, None
+    try:
+        for ch in stream:
+            if ch.usage:
+                usage = {"prompt_tokens": ch.usage.prompt_tokens, "completion_tokens": ch.usage.completion_tokens}
+            if not ch.choices:
+                continue
+            finish = ch.choices[0].finish_reason or finish
+            t = ch.choices[0].delta.content or ""
+            if not parts:
+                t = t.lstrip()
+            if t:
+                parts.append(t)
+                if on_text:
+                    on_text(t)
+    finally:
+        stream.close()
+    return "".join(parts), usage, finish

@@ -66,7 +66,7 @@ def answer(turn: dict, on_text, where=None, root: Path | None = None) -> dict:
     """Answer a checked turn, streaming text to `on_text`; {citations, usage, finish_reason} (and `steps` from a
     pipeline). `where(kb, source)` adds where a cited source can be opened (the lab's `Knowledge.where`); `root`:
     the lab's root, which a turn's pipeline file is named under."""
-    from notelab.client import connect
+    from notelab.client import connect, read_stream
     from notelab.rag import KnowledgeBase, RagError
 
     if turn.get("pipeline"):
@@ -91,21 +91,11 @@ def answer(turn: dict, on_text, where=None, root: Path | None = None) -> dict:
                  for c in a.citations]
         return {"citations": cites, "usage": a.usage, "finish_reason": a.finish_reason}
     client = connect(turn["worker"])
-    usage, finish = {}, None
     sampling = {} if turn["temperature"] is None else {"temperature": turn["temperature"]}
     stream = client.chat.completions.create(model=client.model, messages=turn["messages"], max_tokens=turn["max_tokens"],
                                             stream=True, stream_options={"include_usage": True}, **sampling,
                                             extra_body={"min_tokens": turn["min_tokens"]})
-    try:
-        for ch in stream:
-            if ch.usage:
-                usage = {"prompt_tokens": ch.usage.prompt_tokens, "completion_tokens": ch.usage.completion_tokens}
-            if ch.choices:
-                finish = ch.choices[0].finish_reason or finish
-                if t := ch.choices[0].delta.content:
-                    on_text(t)
-    finally:
-        stream.close()
+    _, usage, finish = read_stream(stream, on_text)
     return {"citations": [], "usage": usage, "finish_reason": finish}
 
 # %% ../../nbs/17b_lab_chat.ipynb #75b728cc

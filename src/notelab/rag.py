@@ -672,35 +672,19 @@ def attribute(answer: str, hits: pd.DataFrame, vectors: np.ndarray, emb: Embedde
 
 def _ask(kb: KnowledgeBase, question: str, *, worker, k, mode, max_tokens, on_text, embedder, system=None,
          instruction=None, temperature=0.0, min_tokens=2) -> Answer:
-    from notelab.client import connect
+    from notelab.client import connect, read_stream
 
     emb = kb._check_embedder(embedder)
     hits = _search(kb, question, k=k, mode=mode, where=None, embedder=embedder)
     if hits.empty:
         raise RagError(f"knowledge base {kb.name!r} has nothing to answer from; ingest documents first")
     client = connect(worker)
-    parts, finish, usage = [], None, {}
     stream = client.chat.completions.create(model=client.model, max_tokens=max_tokens, temperature=temperature,
                                             messages=_prompt(question, hits, instruction or INSTRUCTION, system),
                                             stream=True, stream_options={"include_usage": True},
                                             extra_body={"min_tokens": min_tokens})
-    try:
-        for ch in stream:
-            if ch.usage:
-                usage = {"prompt_tokens": ch.usage.prompt_tokens, "completion_tokens": ch.usage.completion_tokens}
-            if not ch.choices:
-                continue
-            finish = ch.choices[0].finish_reason or finish
-            t = ch.choices[0].delta.content or ""
-            if not parts:
-                t = t.lstrip()
-            if t:
-                parts.append(t)
-                if on_text:
-                    on_text(t)  # it may raise to stop (the lab's chat, when the browser went away)
-    finally:
-        stream.close()  # closed at once, not when collected: the worker stops generating for a reader who left
-    text = "".join(parts).strip()
+    text, usage, finish = read_stream(stream, on_text)  # on_text may raise to stop (the lab's chat: the reader left)
+    text = text.strip()
     ids = list(hits["id"])
     vecs = np.stack(kb.table.search().where(f"id IN ({', '.join(_sql(i) for i in ids)})")
                     .select(["id", "vector"]).limit(len(ids)).to_pandas().set_index("id").loc[ids, "vector"].to_numpy())
