@@ -22,6 +22,9 @@ __all__ = ['NotelabError', 'InvalidInput', 'ModelError', 'UnknownModelError', 'W
            'progress_style', 'progress', 'run_dir', 'record', 'records', 'note_use', 'gc_paused', 'ProcessRef',
            'kill_tree']
 
+# %% ../../nbs/00_core.ipynb #56b218b3
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 # %% ../../nbs/00_core.ipynb #22804b1c
 class NotelabError(Exception):
     "Base of every error notelab raises on purpose."
