@@ -41,6 +41,14 @@ $(LABEXT): $(LABEXT_SRC) $(STAMP)
 	cd lab_ext && npm install --no-audit --no-fund --loglevel=error && PATH=$(CURDIR)/$(VENV)/bin:$$PATH npm run build
 	@touch $@
 
+# Jupyter AI's Jupyternaut for the test that offers it the workers, layered on .venv/ (envs/jupyternaut.txt: why)
+JAI := .venv-jai
+JAI_STAMP := $(JAI)/.notelab-setup
+$(JAI_STAMP): envs/jupyternaut.txt envs/overlay.py $(STAMP)
+	$(PY) envs/overlay.py $(JAI)
+	$(PY) -m pip --python $(JAI)/bin/python install -q --no-deps -r envs/jupyternaut.txt $(QUIET)
+	@touch $@
+
 # Debian's chromium, which the browser tests drive (Playwright's own downloads cannot work here)
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
@@ -80,7 +88,7 @@ demo: setup
 
 # Two parts at once (see tests/conftest.py): the tests that start no vLLM process run beside the others, in a
 # data folder of their own; a test that starts vLLM processes runs alone. The light part's report follows.
-test: setup browser
+test: setup browser $(JAI_STAMP)
 	$(NL) models pull
 	@mkdir -p test-artifacts
 	@NOTELAB_LAB_DATA_DIR=$(CURDIR)/.notelab-test-light $(PY) -m pytest tests --part light -v -rs --durations=10 \
@@ -104,4 +112,4 @@ lock:
 
 clean:
 	-$(NL) worker down --all
-	rm -rf $(VENV) .notelab-test .notelab-test-light .notelab-test.lock .notelab-test.turnstile
+	rm -rf $(VENV) $(JAI) .notelab-test .notelab-test-light .notelab-test.lock .notelab-test.turnstile

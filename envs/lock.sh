@@ -18,4 +18,13 @@ drop='^(torchvision|torchaudio|torchcodec|rfc3987-syntax)=='
 { echo "# Locked from cpu.in by envs/lock.sh; install with pip --no-deps."; "$tmp/cpu/bin/pip" freeze --exclude-editable | grep -Ev "$drop" | LC_ALL=C sort; } > cpu.txt
 "$tmp/cpu/bin/pip" install -q -r dev.in
 { echo "# Locked from dev.in by envs/lock.sh, on top of cpu.txt; install with pip --no-deps."; "$tmp/cpu/bin/pip" freeze --exclude-editable | grep -Ev "$drop" | LC_ALL=C sort | LC_ALL=C comm -23 - <(grep -v "^#" cpu.txt | LC_ALL=C sort); } > dev.txt
-echo "locked: $(grep -vc '^#' cpu.txt) packages in cpu.txt, $(grep -vc '^#' dev.txt) in dev.txt"
+# jupyternaut.txt: what jupyternaut.in adds in an environment layered on that one (overlay.py), only its own packages
+"$tmp/cpu/bin/python" overlay.py "$tmp/jai"
+"$tmp/cpu/bin/python" -m pip --python "$tmp/jai/bin/python" install -q -r jupyternaut.in
+own=$("$tmp/jai/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+{ echo "# Locked from jupyternaut.in by envs/lock.sh, layered on cpu.txt + dev.txt (make setup: .venv-jai/);"
+  echo "# install with pip --no-deps."
+  "$tmp/cpu/bin/python" -m pip --python "$tmp/jai/bin/python" freeze --path "$own" | grep -Ev "$drop" | LC_ALL=C sort
+} > jupyternaut.txt
+echo "locked: $(grep -vc '^#' cpu.txt) packages in cpu.txt, $(grep -vc '^#' dev.txt) in dev.txt," \
+     "$(grep -vc '^#' jupyternaut.txt) in jupyternaut.txt"

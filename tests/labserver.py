@@ -16,15 +16,18 @@ BIN = Path(sys.executable).parent
 class Lab:
     "A Jupyter server with notelab's extension, in a process of its own, that can be killed and started again."
 
-    def __init__(self, root: Path, log: Path, env: dict | None = None):
+    def __init__(self, root: Path, log: Path, env: dict | None = None, python: Path | None = None):
+        "`python`: the interpreter of another environment to run the server in (default: jupyter of this one)."
         self.root, self.log, self.token, self.proc, self.env = root, log, secrets.token_hex(16), None, env or {}
+        self.python = python
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/notelab/api/"
 
     def start(self) -> "Lab":
-        argv = [str(BIN / "jupyter"), "server", "--no-browser", f"--port={self.port}", "--ServerApp.ip=127.0.0.1",
+        server = [str(self.python), "-m", "jupyter_server"] if self.python else [str(BIN / "jupyter"), "server"]
+        argv = [*server, "--no-browser", f"--port={self.port}", "--ServerApp.ip=127.0.0.1",
                 f"--ServerApp.token={self.token}", f"--ServerApp.root_dir={self.root}", "--ServerApp.port_retries=0"]
         if os.geteuid() == 0:
             argv.append("--allow-root")

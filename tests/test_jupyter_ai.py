@@ -1,18 +1,26 @@
 """notelab as a persona in Jupyter AI's chat: Jupyter AI's own persona manager and chat model, a real knowledge base
 ingested from a folder under the lab's root, and the run's shared worker."""
 import asyncio
+import json
+import os
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
+import httpx
 import pytest
 from jupyter_ai_persona_manager import PersonaManager
 from jupyterlab_chat.models import Message
 from jupyterlab_chat.websocket_model import WsChatModel
+from labserver import Lab
 from test_server import figures
 
 from notelab.rag import drop_kb, ingest
 
+ROOT = Path(__file__).resolve().parents[1]
 PERSONA = "jupyter-ai-personas::notelab::NotelabPersona"
+JAI = ROOT / ".venv-jai" / "bin" / "python"  # Jupyternaut's environment, on top of .venv (envs/jupyternaut.txt)
 KB = "jai-notes"
 
 
@@ -79,3 +87,45 @@ async def test_the_persona_answers_from_a_knowledge_base_with_citations(lab, sha
     assert await done == [] and not persona.processing
     assert figures(shared)[2] == tokens
     await manager.shutdown_personas()
+
+
+@pytest.mark.worker
+def test_jupyternaut_answers_with_a_worker_the_lab_offers(tmp_path, shared):
+    """A lab with Jupyternaut beside notelab (Jupyter AI's own persona, in its own environment): the running
+    worker is one of Jupyternaut's custom models, after the user's own, reached through the lab's proxy with
+    the lab's token; Jupyternaut, given it in the chat's model picker, answers through it."""
+    assert JAI.exists(), "no .venv-jai: `make setup` makes it (envs/jupyternaut.txt)"
+    root, data = tmp_path / "lab", tmp_path / "jupyter-data"
+    (root / "chats").mkdir(parents=True)
+    (data / "jupyter_ai").mkdir(parents=True)
+    theirs = {"id": "custom-5d0c9a3e-8f43-4a5e-b1a1-2c1f0d6b7a10/openai/gpt-4o", "name": "GPT-4o",
+              "description": "my own", "model_id": "openai/gpt-4o", "params": {"api_key": "sk-mine"}}
+    (data / "jupyter_ai" / "config.json").write_text(json.dumps({"custom_models": [theirs]}))
+    env = {"JUPYTER_DATA_DIR": str(data), "JUPYTER_CONFIG_PATH": str(ROOT / ".venv" / "etc" / "jupyter"),
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # LiteLLM would fetch its price list at import
+           "NOTELAB_LAB_JUPYTERNAUT_POLL_S": "0.5"}
+    lab = Lab(root, tmp_path / "lab.log", env=env, python=JAI).start()
+    try:
+        config = f"http://127.0.0.1:{lab.port}/api/jupyternaut/config"
+        deadline = time.monotonic() + 60
+        while len(models := httpx.get(config, headers=lab.auth, timeout=10).json()["custom_models"]) < 2:
+            assert time.monotonic() < deadline, (models, lab.log.read_text()[-3000:])
+            time.sleep(0.2)
+        mine, offered = models
+        assert mine == theirs, models  # the user's model as it was, first
+        assert offered["name"] == f"{shared} (notelab)" and offered["id"].endswith(f"/notelab/{shared}"), offered
+        assert offered["params"] == {"api_base": f"http://127.0.0.1:{lab.port}/notelab/workers/{shared}/v1",
+                                     "api_key": lab.token}
+        assert "Jupyternaut's models now include the workers ['%s']" % shared in lab.log.read_text()
+        assert (data / "jupyter_ai" / "config.json").stat().st_mode & 0o077 == 0  # it holds the lab's token
+
+        _, _, tokens = figures(shared)
+        turn = subprocess.run([str(JAI), str(Path(__file__).with_name("jupyternaut_turn.py")), str(root),
+                               "chats/naut.chat", offered["id"], "In one short sentence: what colour is the sky?"],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+        assert turn.returncode == 0, turn.stderr[-3000:]
+        [reply] = json.loads(turn.stdout.strip().splitlines()[-1])
+        assert reply.strip() and not reply.startswith("Error"), reply  # e.g. vLLM's 400 without a tool parser
+        assert figures(shared)[2] > tokens  # the worker wrote it, reached through the lab
+    finally:
+        lab.stop()

@@ -229,6 +229,10 @@ def replica_launch(engine: Engine, *, model_path: str, served_names: list[str], 
         argv += ["--max-model-len", str(min(w.max_model_len, limit) if limit else w.max_model_len)]
     if w.compact_json and not _has(extra, "--structured-outputs-config"):
         argv += ["--structured-outputs-config", COMPACT_JSON]
+    if w.tool_call_parser and not (_has(extra, "--tool-call-parser") or _has(extra, "--enable-auto-tool-choice")):
+        # OpenAI clients that offer tools without naming one (tool_choice auto, Jupyternaut's agent) get parsed
+        # tool calls instead of a 400
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", w.tool_call_parser]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTELAB_")}
     env.update(VLLM_API_KEY=api_key, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")

@@ -1056,6 +1056,20 @@ class NotelabApp(ExtensionApp):
         self.handlers.append((r"/notelab/workers/([^/]+)/v1/(.*)$", WorkerProxyHandler))
         self.log.info("notelab: API at <base_url>/notelab/api/")
 
+    jupyternaut = None  # a JupyternautOffer where Jupyternaut runs beside notelab (chapter 17d)
+
+    async def _start_jupyter_server_extension(self, serverapp):
+        "Once every extension is loaded: offer the running workers to Jupyternaut where it is one of them."
+        from notelab.jupyternaut import JupyternautOffer
+
+        offer = JupyternautOffer(serverapp, self.log, self.service.executor)
+        if settings().lab.jupyternaut and offer.config_manager is not None:
+            self.jupyternaut = offer
+            offer.start()
+            self.log.info("notelab: the running workers are offered to Jupyternaut as models")
+
     async def stop_extension(self):
         "Cancel what this lab started (runs, sweeps, launches); workers outlive the lab on purpose."
+        if self.jupyternaut is not None:
+            self.jupyternaut.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.service.close)

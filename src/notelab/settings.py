@@ -43,6 +43,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "lab": {
         "data_dir": Key("path", ".notelab", "models, workers, logs, knowledge bases and runs"),
         "default_model": Key("str", "gemma-3-270m", "the model used when none is named"),
+        "jupyternaut": Key("bool", "true", "offer the running workers to Jupyternaut (Jupyter AI) as models"),
+        "jupyternaut_poll_s": Key("float", "5", "seconds between the lab's looks at the workers for Jupyternaut",
+                                  _at_least(0.5)),
     },
     "models": {
         "store": Key("path", "", "the model store; empty means <data_dir>/models"),
@@ -56,12 +59,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stop_timeout": Key("float", "20", "seconds between SIGTERM and SIGKILL", _at_least(0)),
         "drain_timeout": Key("float", "300", "seconds a replica being replaced may take to finish its requests",
                              _at_least(0)),
-        "max_model_len": Key("int", "2048", "context length served by default", _at_least(16)),
+        "max_model_len": Key("int", "8192", "context length served by default", _at_least(16)),
         "cpu_kvcache_gib": Key("int", "2", "CPU engine: KV cache GiB per replica", _at_least(1)),
         "cpu_threads": Key("int", "0", "CPU engine: threads per replica; 0 shares the cores", _at_least(0)),
         "cpu_enforce_eager": Key("bool", "true", "CPU engine: skip torch.compile for a faster start"),
         "cpu_fork": Key("bool", "true", "CPU engine: start vLLM's engine processes by fork, not spawn (faster start)"),
         "compact_json": Key("bool", "true", "structured outputs without free whitespace (small models loop on it)"),
+        "tool_call_parser": Key("str", "pythonic", "vLLM's parser for tool calls when a client offers tools "
+                                "(tool_choice auto); empty turns it off"),
     },
     "rag": {
         "kb_dir": Key("path", "", "knowledge bases; empty means <data_dir>/kb"),
