@@ -506,19 +506,16 @@ def chat(prompt: str = typer.Argument(..., help="The message."),
          max_tokens: int = typer.Option(128, help="Most tokens to generate."),
          temperature: float = typer.Option(0.0, help="Sampling temperature.")):
     "Send one chat message to a worker and stream the answer."
-    from notelab.client import connect
+    from notelab.client import connect, read_stream
+
+    def show(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
     c = connect(worker, model=model)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    started = False
-    for ch in c.chat.completions.create(model=c.model, messages=messages, max_tokens=max_tokens,
-                                        temperature=temperature, stream=True):
-        text = ch.choices[0].delta.content if ch.choices else None
-        if text:
-            text = text if started else text.lstrip()
-            started = started or bool(text)
-            sys.stdout.write(text)
-            sys.stdout.flush()
+    read_stream(c.chat.completions.create(model=c.model, messages=messages, max_tokens=max_tokens,
+                                          temperature=temperature, stream=True), show)
     sys.stdout.write("\n")
 
 # %% ../../nbs/06_cli.ipynb #906d81bb
