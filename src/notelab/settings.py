@@ -80,6 +80,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "embed_dtype": Key("str", "auto", "in-process embedder: float32, bfloat16, or auto (bfloat16 where the CPU "
                            "computes in it natively)",
                            lambda v: None if v in ("auto", "float32", "bfloat16") else "use auto, float32 or bfloat16"),
+        "query_runtime": Key("str", "auto", "in-process embedder, a few texts at a time (a search's query): onnx "
+                             "(ONNX Runtime), torch, or auto (onnx where it is installed)",
+                             lambda v: None if v in ("auto", "onnx", "torch") else "use auto, onnx or torch"),
         "index_min_rows": Key("int", "50000", "a knowledge base of at least this many chunks gets an approximate "
                               "vector index (0: never)", _at_least(0)),
         "index_type": Key("str", "IVF_SQ", "the approximate vector index: IVF_SQ, IVF_HNSW_SQ, IVF_PQ, IVF_FLAT",
