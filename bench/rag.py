@@ -13,7 +13,8 @@
    on the pydoc questions (where the constants were chosen) and on the held-out standard-library set.
 4. The approximate vector index: built on synthetic KBs whose vectors scatter around the pydoc corpus's real
    embeddings (uniform random vectors have no neighbourhoods, the worst case for any index), searched (latency
-   and recall@10 against the exact scan of the same table), then kept current as 0.1% and 1% more chunks arrive (upkeep time should grow with the new rows, not the KB).
+   and recall@10 against the exact scan of the same table; the indexed searches again with the query embedded
+   through torch instead of ONNX Runtime, [rag] query_runtime), then kept current as 0.1% and 1% more chunks arrive (upkeep time should grow with the new rows, not the KB).
 5. Peak memory of an ingest as the corpus grows 16-fold (--memory-only): flat when ingest streams.
 6. The same corpus ingested and queried with LlamaIndex's LanceDB integration (same embedding model,
    same chunk budget): ingestion chunks/s, query latency and recall@5 on the shipped questions.
@@ -37,7 +38,7 @@ from rich.table import Table
 
 from notelab.datasets import pydoc_corpus, stdlib_corpus
 from notelab.docs import chunk_sections, load
-from notelab.embed import get_embedder
+from notelab.embed import MiniLM, get_embedder
 from notelab.rag import (MODES, KnowledgeBase, doc_ranking, drop_kb, ingest, maintain_indices, read_qa, score_ranking,
                          vector_index)
 
@@ -174,6 +175,9 @@ def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[s
         maintain_indices(kb.table)
     out["index_s"], out["index"] = time.perf_counter() - t0, vector_index(kb.table)
     out["indexed"] = bench_queries(kb, questions)
+    # the baseline of the query's embedding: the same searches with the query through torch ([rag] query_runtime)
+    with patch.dict(os.environ, NOTELAB_RAG_QUERY_RUNTIME="torch"):
+        out["indexed torch"] = bench_queries(kb, questions, embedder=MiniLM())
     out["recall@10"] = vector_recall(kb, questions)
     if tune:
         out["tune"] = tune_grid(kb, questions)
@@ -194,14 +198,14 @@ def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[s
     return out
 
 
-def bench_queries(kb: KnowledgeBase, questions: list[str], modes=MODES) -> dict:
+def bench_queries(kb: KnowledgeBase, questions: list[str], modes=MODES, embedder=None) -> dict:
     out = {}
     for mode in modes:
-        kb.search(questions[0], k=5, mode=mode)  # warm caches
+        kb.search(questions[0], k=5, mode=mode, embedder=embedder)  # warm caches
         lat = []
         for q in questions:
             t0 = time.perf_counter()
-            kb.search(q, k=5, mode=mode)
+            kb.search(q, k=5, mode=mode, embedder=embedder)
             lat.append((time.perf_counter() - t0) * 1000)
         out[mode] = (pct(lat, 50), pct(lat, 95))
     return out
@@ -275,7 +279,8 @@ def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: li
                     f"the pydoc corpus's {len(centers)} real embeddings; ms per query, query embedding included; "
                     "recall@10 of the indexed vector search against an exact scan", title_justify="left")
     for c in ("chunks", "table + FTS s", "index s", "vector p50 exact", "vector p50 indexed", "vector p95 exact",
-              "vector p95 indexed", "hybrid p95 exact", "hybrid p95 indexed", "recall@10",
+              "vector p95 indexed", "hybrid p95 exact", "hybrid p95 indexed",
+              "p95 indexed, the query through torch: vector / hybrid", "recall@10",
               "upkeep s: +0.1% / +1% rows (ratio)", "+1% upkeep / index build", "recall@10 after",
               "ingest of the corpus s: into this KB / into an empty one (ratio)"):
         t.add_column(c, justify="right")
@@ -287,7 +292,8 @@ def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: li
         e, i = r["exact"], r["indexed"]
         t.add_row(f"{n:,} ({r['index']})", f"{r['build_s']:.0f}", f"{r['index_s']:.0f}", f"{e['vector'][0]:.1f}",
                   f"{i['vector'][0]:.1f}", f"{e['vector'][1]:.1f}", f"{i['vector'][1]:.1f}", f"{e['hybrid'][1]:.1f}",
-                  f"{i['hybrid'][1]:.1f}", f"{r['recall@10']:.3f}",
+                  f"{i['hybrid'][1]:.1f}",
+                  f"{r['indexed torch']['vector'][1]:.1f} / {r['indexed torch']['hybrid'][1]:.1f}", f"{r['recall@10']:.3f}",
                   f"{r['+0.1% s']:.2f} / {r['+1% s']:.2f} ({r['+1% s'] / r['+0.1% s']:.1f})",
                   f"{r['+1% s'] / r['index_s']:.3f}", f"{r['recall@10 after']:.3f}",
                   "{:.1f} / {:.1f} ({:.2f})".format(*r["ingest_s"], r["ingest_s"][0] / r["ingest_s"][1]))
