@@ -20,7 +20,7 @@ __all__ = ['NotelabError', 'InvalidInput', 'ModelError', 'UnknownModelError', 'W
            'WorkerNameTakenError', 'PortInUseError', 'EngineError', 'LimitError', 'WorkerStartError', 'NoReplicaError',
            'ExperimentError', 'RunNotFoundError', 'tail', 'atomic_write', 'private_log', 'sha256_file', 'use_progress',
            'progress_style', 'progress', 'run_dir', 'record', 'records', 'note_use', 'gc_paused', 'ProcessRef',
-           'kill_tree']
+           'kill_tree', 'native_bf16']
 
 # %% ../../nbs/00_core.ipynb #56b218b3
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -317,3 +317,12 @@ def kill_tree(p, sig: int = 9, timeout: float = 5.0) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(procs, timeout=timeout)
+
+# %% ../../nbs/00_core.ipynb #056f640b
+def native_bf16() -> bool:
+    "Does this CPU compute in bfloat16 natively (AMX-BF16 or AVX512-BF16)?"
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no way to tell here, so no
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags

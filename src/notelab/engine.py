@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .core import EngineError, atomic_write
+from .core import EngineError, atomic_write, native_bf16
 from .settings import Settings, settings
 
 # %% auto #0
 __all__ = ['RESERVED', 'RESERVED_FLAGS', 'COMPACT_JSON', 'FORK_ENV', 'FORK_PLATFORM', 'Engine', 'visible_gpus', 'detect_engine',
-           'plan_gpus', 'cpu_slice', 'vllm_options', 'check_extra_args', 'model_context', 'Launch', 'replica_launch',
-           'fork_platform']
+           'plan_gpus', 'cpu_slice', 'vllm_options', 'check_extra_args', 'model_context', 'cpu_dtype', 'Launch',
+           'replica_launch', 'fork_platform']
 
 # %% ../../nbs/03_engine.ipynb #97c2ab43
 @dataclass(frozen=True)
@@ -205,6 +205,12 @@ FORK_ENV = "NOTELAB_VLLM_FORK"  # in a replica's environment: vLLM's engine proc
 FORK_PLATFORM = "notelab.vllm_fork.ForkingCpuPlatform"
 
 
+def cpu_dtype(choice: str | None = None) -> str:
+    "The dtype CPU replicas compute in: `[workers] cpu_dtype`, `auto` resolved for this CPU (see below)."
+    choice = choice or settings().workers.cpu_dtype
+    return ("bfloat16" if native_bf16() else "float32") if choice == "auto" else choice
+
+
 @dataclass
 class Launch:
     "The argv and environment that start one replica."
@@ -243,6 +249,8 @@ def replica_launch(engine: Engine, *, model_path: str, served_names: list[str], 
         env.pop("CUDA_VISIBLE_DEVICES", None)
         if w.cpu_enforce_eager and not _has(extra, "--enforce-eager"):
             argv.append("--enforce-eager")
+        if not _has(extra, "--dtype"):
+            argv += ["--dtype", cpu_dtype(w.cpu_dtype)]
         if w.cpu_fork:  # see "Fork, not spawn" below
             env[FORK_ENV] = "1"
             if bind != "nobind":

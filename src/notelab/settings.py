@@ -64,6 +64,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "cpu_threads": Key("int", "0", "CPU engine: threads per replica; 0 shares the cores", _at_least(0)),
         "cpu_enforce_eager": Key("bool", "true", "CPU engine: skip torch.compile for a faster start"),
         "cpu_fork": Key("bool", "true", "CPU engine: start vLLM's engine processes by fork, not spawn (faster start)"),
+        "cpu_dtype": Key("str", "auto", "CPU engine: the dtype replicas compute in: float32, bfloat16, or auto "
+                         "(bfloat16 where the CPU computes in it natively, else float32)",
+                         lambda v: None if v in ("auto", "float32", "bfloat16") else "use auto, float32 or bfloat16"),
         "compact_json": Key("bool", "true", "structured outputs without free whitespace (small models loop on it)"),
         "tool_call_parser": Key("str", "pythonic", "vLLM's parser for tool calls when a client offers tools "
                                 "(tool_choice auto); empty turns it off"),
