@@ -5,10 +5,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from serving import answers, until_serving
 
 BIN = Path(sys.executable).parent
 
@@ -34,15 +35,8 @@ class Lab:
         self.proc = subprocess.Popen(argv, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True,
                                      env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **self.env})
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(self.url + "rules", headers=self.auth, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.3)
+        until_serving(self.proc, lambda: answers(self.url + "rules", headers=self.auth), "the lab", self.log)
+        return self
 
     @property
     def auth(self) -> dict:

@@ -16,6 +16,7 @@ import yaml
 from kubernetes import client
 
 from k8s_emulator import Emulator
+from serving import answers, until_serving
 from notelab.cluster import (ClusterError, ClusterWorkers, ClusterWorkerSpec, render_job, render_worker, to_yaml,
                              validate)
 from notelab.core import LimitError, NotelabError, WorkerNotFoundError
@@ -322,8 +323,6 @@ def k8s_resource(plural):
 def mlflow_server(tmp_path, monkeypatch):
     "A real MLflow tracking server, as the cluster runs one."
     import socket
-    import time
-    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -331,17 +330,10 @@ def mlflow_server(tmp_path, monkeypatch):
     p = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
                           str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
                           "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=open(tmp_path / "mlflow.log", "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
+        until_serving(p, lambda: answers(f"{url}/health"), "the MLflow server", tmp_path / "mlflow.log")
         monkeypatch.setenv("NOTELAB_TRACKING_MLFLOW_URI", url)
         yield url
     finally:
@@ -476,7 +468,6 @@ def test_mlflow_in_the_cluster_answers_by_its_service_name_and_port(tmp_path):
     """The MLflow Deployment's flags, run here: a request for `http://mlflow:5000` (what runs and the lab send) is
     answered; one for another host is not (its host check is what guards it from DNS rebinding)."""
     import socket
-    import time
     import urllib.error
     import urllib.request
 
@@ -489,7 +480,7 @@ def test_mlflow_in_the_cluster_answers_by_its_service_name_and_port(tmp_path):
             "--artifacts-destination": str(tmp_path / "artifacts")}
     argv = [a if a.split("=")[0] not in here else f"{a.split('=')[0]}={here[a.split('=')[0]]}" for a in args]
     p = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", *argv, "--workers", "1"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=open(tmp_path / "mlflow.log", "wb"), stderr=subprocess.STDOUT)
 
     def get(host: str) -> int:
         req = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=5",
@@ -500,14 +491,7 @@ def test_mlflow_in_the_cluster_answers_by_its_service_name_and_port(tmp_path):
             return e.code
 
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                assert p.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+        until_serving(p, lambda: answers(f"http://127.0.0.1:{port}/health"), "the MLflow server", tmp_path / "mlflow.log")
         assert [get(h) for h in ("mlflow:5000", "mlflow.notelab.svc:5000", "mlflow")] == [200, 200, 200]
         assert get("evil.example:5000") == 403
     finally:

@@ -23,6 +23,8 @@ import httpx
 import nbformat
 import pytest
 
+from serving import answers, until_serving
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -79,15 +81,7 @@ def lab(tmp_path_factory):
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     url = f"http://127.0.0.1:{port}{BASE}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url + "api/status", params={"token": token}, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, (root.parent / "lab.log").read_text()[-3000:]
-        time.sleep(0.5)
+    until_serving(proc, lambda: answers(url + "api/status", params={"token": token}), "the lab", root.parent / "lab.log")
     yield SimpleNamespace(url=url, token=token, root=root, log=root.parent / "lab.log")
     os.killpg(proc.pid, signal.SIGTERM)  # the lab, and MLflow started by its proxy
     try:
