@@ -90,31 +90,42 @@ def bench_dtypes(corpora: dict) -> Table:
     return t
 
 
-def synthetic_vectors(rng, m: int, centers: np.ndarray | None, dim: int = 384, spread: float = 0.6) -> np.ndarray:
-    "Unit vectors: uniform at random, or (given real embeddings as `centers`) scattered around them, as topics are."
+def synthetic_vectors(rng, m: int, centers: np.ndarray | None, dim: int = 384, spread: float = 0.6,
+                      pick: np.ndarray | None = None) -> np.ndarray:
+    """Unit vectors: uniform at random, or (given real embeddings as `centers`) scattered around them, as topics are
+    (around `centers[pick]` when the caller chose which)."""
     if centers is None:
         v = rng.standard_normal((m, dim)).astype(np.float32)
     else:
-        v = centers[rng.integers(0, len(centers), m)] + spread * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim)
+        pick = rng.integers(0, len(centers), m) if pick is None else pick
+        v = centers[pick] + spread * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim)
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def synthetic_kb(name: str, n: int, words: list[str], dim: int = 384, centers: np.ndarray | None = None,
+def synthetic_kb(name: str, n: int, words: list[str], dim: int = 384, like=None,
                  start: int = 0, kb: KnowledgeBase | None = None, maintain: bool = True) -> KnowledgeBase:
-    "A KB of `n` chunks (text drawn from the corpus's words), exact search only; or `n` more rows for `kb`."
+    """A KB of `n` chunks (text drawn from the corpus's words), exact search only; or `n` more rows for `kb`.
+    `like`: real chunks (a frame of vector, heading, loc): each synthetic chunk lies around one of their vectors and
+    carries its heading and location, as a real one would (a column holding one value throughout is a constant page
+    in LanceDB's format, slow to take a row from, and no real KB has such headings or locations)."""
     import pyarrow as pa
+
+    centers = None if like is None else np.stack(like["vector"].to_numpy()).astype(np.float32)
 
     kb = kb or KnowledgeBase.create(name)
     rng = np.random.default_rng(start)
     batch, end = 20_000, start + n
     for start in range(start, end, batch):
         m = min(batch, end - start)
-        v = synthetic_vectors(rng, m, centers, dim)
+        pick = None if centers is None else rng.integers(0, len(centers), m)
+        v = synthetic_vectors(rng, m, centers, dim, pick=pick)
+        heading = [""] * m if like is None else like["heading"].to_numpy()[pick].tolist()
+        loc = ['{"line": 1}'] * m if like is None else like["loc"].to_numpy()[pick].tolist()
         text = [" ".join(random.choices(words, k=60)) for _ in range(m)]
         src = [f"doc{(start + i) // 10}.txt" for i in range(m)]
         kb.table.add(pa.table({"id": [f"c{start + i}" for i in range(m)], "source": src, "root": ["/synthetic"] * m,
-                               "stem": [s[:-4] for s in src], "heading": [""] * m, "text": text, "search_text": text,
-                               "loc": ['{"line": 1}'] * m, "chunk": pa.array([i % 10 for i in range(m)], pa.int32()),
+                               "stem": [s[:-4] for s in src], "heading": heading, "text": text, "search_text": text,
+                               "loc": loc, "chunk": pa.array([i % 10 for i in range(m)], pa.int32()),
                                "file_hash": ["0" * 64] * m,
                                "vector": pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), dim)}))
     if maintain:
@@ -161,14 +172,14 @@ def tune_grid(kb: KnowledgeBase, questions: list[str]) -> Table:
     return t
 
 
-def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[str], tune: bool = False,
+def bench_index(n: int, words: list[str], like, questions: list[str], tune: bool = False,
                 folder: Path | None = None) -> dict:
     """One KB of `n` chunks (vectors around the corpus's real embeddings): exact search, then the approximate index
     built ([rag] index_type), searched, and kept current as 1% more chunks arrive (`maintain_indices`: optimize)."""
     from notelab.settings import settings
 
     t0 = time.perf_counter()
-    kb = synthetic_kb(f"bench-index-{n}", n, words, centers=centers)
+    kb = synthetic_kb(f"bench-index-{n}", n, words, like=like)
     out = {"build_s": time.perf_counter() - t0, "exact": bench_queries(kb, questions)}
     t0 = time.perf_counter()
     with patch.dict(os.environ, NOTELAB_RAG_INDEX_MIN_ROWS=str(min(n, settings().rag.index_min_rows))):
@@ -184,7 +195,7 @@ def bench_index(n: int, words: list[str], centers: np.ndarray, questions: list[s
     # 0.1% more, then 1% more: the indices take in the new rows (`maintain_indices`), at a cost that should follow
     # them (about 10 times as long for 10 times the rows), not the KB
     for share, rows in (("0.1%", n // 1000), ("1%", n // 100)):
-        synthetic_kb("", rows, words, centers=centers, start=kb.table.count_rows(), kb=kb, maintain=False)
+        synthetic_kb("", rows, words, like=like, start=kb.table.count_rows(), kb=kb, maintain=False)
         t0 = time.perf_counter()
         maintain_indices(kb.table)
         out[f"+{share} s"] = time.perf_counter() - t0
@@ -274,9 +285,9 @@ def fusion_grid(kb: KnowledgeBase, qa: list[dict], qual, what: str) -> Table:
 def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: list[int], tune: bool = False) -> None:
     "The approximate index: its build, its latency and recall against the exact scan, and an ingest of 1% more."
     words = " ".join(f.read_text() for f in folder.glob("*.txt")).split()
-    centers = np.stack(kb.table.to_pandas()["vector"].to_numpy()).astype(np.float32)
+    like = kb.table.to_pandas()[["vector", "heading", "loc"]]  # the real chunks the synthetic ones lie around
     t = Table(title=f"vector index (\\[rag] index_type, partition_rows, nprobes, refine_factor from settings) on synthetic KBs around "
-                    f"the pydoc corpus's {len(centers)} real embeddings; ms per query, query embedding included; "
+                    f"the pydoc corpus's {len(like)} real chunks (their embeddings, headings and locations); ms per query, query embedding included; "
                     "recall@10 of the indexed vector search against an exact scan", title_justify="left")
     for c in ("chunks", "table + FTS s", "index s", "vector p50 exact", "vector p50 indexed", "vector p95 exact",
               "vector p95 indexed", "hybrid p95 exact", "hybrid p95 indexed",
@@ -286,7 +297,7 @@ def index_table(kb: KnowledgeBase, folder: Path, questions: list[str], sizes: li
         t.add_column(c, justify="right")
     grids = []
     for n in sizes:
-        r = bench_index(n, words, centers, questions, tune, folder)
+        r = bench_index(n, words, like, questions, tune, folder)
         if tune:
             grids.append(r["tune"])
         e, i = r["exact"], r["indexed"]

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -35,9 +36,10 @@ os.environ.setdefault("LANCEDB_LOG", "error")
 os.environ.setdefault("LANCE_LOG", "error")
 
 # %% auto #0
-__all__ = ['MODES', 'MAX_SEGMENTS', 'INGEST_BATCH', 'INSTRUCTION', 'RagError', 'expand_paths', 'IngestReport', 'KnowledgeBase',
-           'vector_index', 'merge_count', 'maintain_indices', 'ingest', 'doc_sizes', 'fused', 'fuse', 'Answer',
-           'attribute', 'read_qa', 'doc_ranking', 'score_ranking', 'list_kbs', 'drop_kb', 'search', 'ask', 'evaluate']
+__all__ = ['MODES', 'SETTLE_S', 'MAX_SEGMENTS', 'INGEST_BATCH', 'INSTRUCTION', 'RagError', 'expand_paths', 'IngestReport',
+           'KnowledgeBase', 'vector_index', 'merge_count', 'maintain_indices', 'ingest', 'doc_sizes', 'fused', 'fuse',
+           'Answer', 'attribute', 'read_qa', 'doc_ranking', 'score_ranking', 'list_kbs', 'drop_kb', 'search', 'ask',
+           'evaluate']
 
 # %% ../../nbs/10_rag.ipynb #19a6b2e8
 class RagError(NotelabError):
@@ -105,12 +107,17 @@ class IngestReport:
         return asdict(self)
 
 
+# a table's version folder that changed less than this long ago is looked in anyway: a folder's mtime comes from a
+# coarse clock, so two commits within one tick can leave it as the first one set it
+SETTLE_S = 1.0
+
+
 class KnowledgeBase:
     "A LanceDB table of chunks, and the record of how they were made."
 
     def __init__(self, name: str, path: Path, meta: dict):
         self.name, self.path, self.meta = name, path, meta
-        self._db = self._tbl = None
+        self._db = self._tbl = self._changed = None
 
     # -- opening and creating ------------------------------------------------------------------------------
     @staticmethod
@@ -171,13 +178,19 @@ class KnowledgeBase:
 
     @property
     def table(self):
+        "The chunks table at its latest version (another process's or instance's writes included)."
+        try:  # a commit adds a manifest to this folder (see "A table's latest version" below)
+            changed = (self.path / "db" / "chunks.lance" / "_versions").stat().st_mtime_ns
+        except OSError:
+            changed = None
         if self._tbl is None:
             import lancedb
 
             self._db = lancedb.connect(str(self.path / "db"))
             self._tbl = self._db.open_table("chunks")
-        else:
+        elif changed is None or changed != self._changed or time.time_ns() - changed < SETTLE_S * 1e9:
             self._tbl.checkout_latest()
+        self._changed = changed
         return self._tbl
 
     @property
@@ -227,9 +240,9 @@ class KnowledgeBase:
                              "root": g["root_first"].to_pylist(), "sha256": g["file_hash_first"].to_pylist()},
                             columns=["source", "chunks", "root", "sha256"]).sort_values("source", ignore_index=True)
 
-    def note_use(self) -> None:
-        "Record `name@table-version` as data an experiment run read."
-        note_use("kb", f"{self.name}@{self.table.version}")
+    def note_use(self, version: int | None = None) -> None:
+        "Record `name@table-version` as data an experiment run read (`version`: the one just read, if known)."
+        note_use("kb", f"{self.name}@{self.table.version if version is None else version}")
 
     def info(self) -> dict:
         tbl = self.table
@@ -250,7 +263,6 @@ class KnowledgeBase:
     def search(self, query: str, *, k: int | None = None, mode: str = "hybrid", where: str | None = None,
                embedder=None) -> pd.DataFrame:
         "The `k` best chunks for `query`: rank, score, source, location, heading, text."
-        self.note_use()
         return _search(self, query, k=k or settings().rag.k, mode=mode, where=where, embedder=embedder)
 
     def ask(self, question: str, *, worker: str | None = None, k: int | None = None, mode: str = "hybrid",
@@ -402,7 +414,6 @@ def _write(kb: KnowledgeBase, group, vecs, rep: IngestReport, delete: Sequence[s
 
 def _ingest(kb: KnowledgeBase, paths, *, prune: bool, embedder, show_progress: bool, root=None,
             on_progress=None) -> IngestReport:
-    import time
 
     t0 = time.monotonic()
     emb = kb._check_embedder(embedder)
@@ -499,9 +510,10 @@ def ingest(paths: str | Path | Sequence[str | Path], kb: str, *, prune: bool = F
 _VERSIONED: dict[tuple[str, int, str], object] = {}  # (table path, version, what) -> what was read from it
 
 
-def _per_version(kb: "KnowledgeBase", tbl, what: str, read):
-    "`read()` once per version of the KB's table (a version never changes, so neither does what it holds)."
-    key = (str(kb.path), tbl.version, what)
+def _per_version(kb: "KnowledgeBase", tbl, what: str, read, version: int | None = None):
+    """`read()` once per version of the KB's table (a version never changes, so neither does what it holds);
+    `version`: the table's, when the caller has it (asking LanceDB costs a round trip to its event loop)."""
+    key = (str(kb.path), tbl.version if version is None else version, what)
     if key not in _VERSIONED:
         if len(_VERSIONED) >= 64:  # versions of KBs past: forget them
             _VERSIONED.clear()
@@ -509,13 +521,13 @@ def _per_version(kb: "KnowledgeBase", tbl, what: str, read):
     return _VERSIONED[key]
 
 
-def doc_sizes(kb: "KnowledgeBase") -> dict[str, int]:
-    "Chunks per source in the KB's current table version (read once per version)."
+def doc_sizes(kb: "KnowledgeBase", tbl=None, version: int | None = None) -> dict[str, int]:
+    "Chunks per source in the KB's current table version (read once per version), or in `tbl` at `version`."
     def read():
         g = kb._per_source()
         return dict(zip(g["source"].to_pylist(), g["source_count"].to_pylist()))
 
-    return _per_version(kb, kb.table, "sizes", read)
+    return _per_version(kb, kb.table if tbl is None else tbl, "sizes", read, version)
 
 
 def fused(rankings: Sequence[tuple[Sequence[str], Sequence[str]]], sizes: dict[str, int], *, k: int | None = None,
@@ -548,7 +560,10 @@ def fuse(rankings: Sequence[pd.DataFrame], sizes: dict[str, int], *, k: int | No
     return rows.assign(score=[s for _, s in order])
 
 # %% ../../nbs/10_rag.ipynb #1526bf4f
-_HIT_COLUMNS = ["id", "source", "stem", "root", "heading", "text", "loc", "chunk"]  # what a hit carries
+# what a hit carries. Not `root`: in a KB ingested from one folder it holds one value, which LanceDB's file
+# format (2.2) stores as a constant page, and taking a row from a constant page decodes all of it (4-7 ms per
+# search at a million chunks in one fragment, more than the vector search itself)
+_HIT_COLUMNS = ["id", "source", "stem", "heading", "text", "loc", "chunk"]
 def _new_legs():  # threads do not survive fork(): a forked child gets a pool of its own (LanceDB resets its own too)
     global _LEGS
     _LEGS = ThreadPoolExecutor(4, thread_name_prefix="notelab-fts")  # the full-text leg of hybrid searches
@@ -558,9 +573,9 @@ _new_legs()
 os.register_at_fork(after_in_child=_new_legs)
 
 
-def _index_kind(kb: KnowledgeBase, tbl) -> str | None:
+def _index_kind(kb: KnowledgeBase, tbl, version: int | None = None) -> str | None:
     "`vector_index` of the KB's table, asked once per table version (a search would ask LanceDB every time)."
-    return _per_version(kb, tbl, "index", lambda: vector_index(tbl))
+    return _per_version(kb, tbl, "index", lambda: vector_index(tbl), version)
 
 
 def _search(kb: KnowledgeBase, query: str, *, k: int, mode: str, where: str | None, embedder) -> pd.DataFrame:
@@ -571,9 +586,11 @@ def _search(kb: KnowledgeBase, query: str, *, k: int, mode: str, where: str | No
     if k < 1:
         raise RagError(f"--k {k}: must be at least 1")
     emb = kb._check_embedder(embedder)
-    tbl = kb.table
+    tbl = kb.table  # the latest version, asked for once: each question to LanceDB is a round trip to its loop
+    version = tbl.version
+    kb.note_use(version)
     out = ["rank", "score", "source", "location", "heading", "text", "stem", "id"]
-    if tbl.count_rows() == 0:
+    if _per_version(kb, tbl, "rows", tbl.count_rows, version) == 0:
         return pd.DataFrame(columns=out)
     hybrid = mode == "hybrid"
     # hybrid fuses two candidate lists; fusing only the final k of each would miss what one ranks 6th. It ranks
@@ -590,7 +607,7 @@ def _search(kb: KnowledgeBase, query: str, *, k: int, mode: str, where: str | No
 
     def semantic():
         q = tbl.search(emb.embed([query])[0], vector_column_name="vector").distance_type("cosine")
-        if _index_kind(kb, tbl):  # approximate: search more partitions, re-rank candidates by exact distance
+        if _index_kind(kb, tbl, version):  # approximate: search more partitions, re-rank candidates by exact distance
             cfg = settings().rag
             q = q.nprobes(cfg.nprobes)
             if cfg.refine_factor:
@@ -607,7 +624,7 @@ def _search(kb: KnowledgeBase, query: str, *, k: int, mode: str, where: str | No
             finally:
                 wait([fts])
             legs = [t.to_pydict() for t in (vec, fts.result())]
-            top = fused([(t["id"], t["source"]) for t in legs], doc_sizes(kb))[:k]
+            top = fused([(t["id"], t["source"]) for t in legs], doc_sizes(kb, tbl, version))[:k]
             rowid = {i: r for t in legs for i, r in zip(t["id"], t["_rowid"])}
             rows = tbl.take_row_ids([rowid[c] for c, _ in top]).select(_HIT_COLUMNS).to_arrow().to_pylist() if top else []
             by_id = {r["id"]: r for r in rows}
