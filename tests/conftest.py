@@ -156,11 +156,15 @@ def pydoc_kb(tmp_path_factory) -> tuple[Path, Path]:
     from notelab.datasets import pydoc_corpus
     from notelab.rag import drop_kb, list_kbs
 
+    from filelock import FileLock
+
     folder, qa = pydoc_corpus(tmp_path_factory.mktemp("corpus"))
     if "pydoc" in {k["name"] for k in list_kbs(as_frame=False)}:
         drop_kb("pydoc")
-    r = subprocess.run([str(Path(sys.executable).parent / "notelab"), "rag", "ingest", str(folder), "--kb", "pydoc",
-                        "--json"], capture_output=True, text=True)
+    # one part at a time: the second reads every vector the first computed from the embedding cache
+    with FileLock(str(LOCKS.with_suffix(".pydoc"))):
+        r = subprocess.run([str(Path(sys.executable).parent / "notelab"), "rag", "ingest", str(folder), "--kb",
+                            "pydoc", "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert len(rep["added"]) == len(list(folder.glob("*.txt"))) and not rep["failed"]

@@ -99,6 +99,28 @@ def test_concurrent_ingests_lose_and_duplicate_nothing(docs, tmp_path):
     drop_kb("together"), drop_kb("solo")
 
 
+def test_a_corpus_ingested_again_is_not_embedded_again(tmp_path):
+    "Every vector an ingest computes is kept by its text ([rag] embed_cache): the same corpus into another KB, or a"
+    " rebuilt one, reads them all back, the same vectors bit for bit, and the model is never called."
+    from unittest import mock
+
+    from notelab.datasets import pydoc_corpus
+    from notelab.embed import get_embedder
+
+    folder, _ = pydoc_corpus(tmp_path / "corpus")
+    for f in sorted(folder.glob("*.txt"))[12:]:
+        f.unlink()  # 12 pages: ~150 chunks
+    first = ingest(folder, "again-1", show_progress=False)
+    model = get_embedder("minilm").model()
+    with mock.patch.object(type(model), "encode", side_effect=AssertionError("embedded again")):
+        second = ingest(folder, "again-2", show_progress=False)
+    assert second.chunks == first.chunks > 100 and not second.failed
+    a, b = (KnowledgeBase.open(k).table.to_pandas().set_index("id").sort_index() for k in ("again-1", "again-2"))
+    assert list(a.index) == list(b.index)
+    assert all((x == y).all() for x, y in zip(a["vector"], b["vector"]))
+    drop_kb("again-1"), drop_kb("again-2")
+
+
 def test_an_ingest_cut_short_leaves_whole_files_and_the_next_one_finishes(docs, monkeypatch):
     "An ingest writes as it goes (a batch of files per commit): stopped half-way, it leaves whole files behind."
     import notelab.rag as rag

@@ -5,8 +5,10 @@
 # %% ../../nbs/08_embed.ipynb #aa88c114
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import sqlite3
 import threading
 import warnings
 from functools import cache
@@ -20,8 +22,8 @@ from .core import NotelabError, native_bf16
 from .settings import settings
 
 # %% auto #0
-__all__ = ['PAD_TO', 'ONNX_MOST', 'EMBEDDERS', 'EmbedderError', 'Embedder', 'embed_dtype', 'query_runtime', 'MiniLM',
-           'WorkerEmbedder', 'register_embedder', 'get_embedder']
+__all__ = ['PAD_TO', 'ONNX_MOST', 'EMBEDDERS', 'EmbedderError', 'Embedder', 'text_key', 'VectorCache', 'embed_dtype',
+           'query_runtime', 'MiniLM', 'WorkerEmbedder', 'register_embedder', 'get_embedder']
 
 # %% ../../nbs/08_embed.ipynb #446ae86c
 class EmbedderError(NotelabError):
@@ -68,6 +70,90 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32)
     n = np.linalg.norm(v, axis=1, keepdims=True)
     return v / np.where(n == 0, 1, n)
+
+# %% ../../nbs/08_embed.ipynb #e9f753d1
+def text_key(text: str) -> bytes:
+    "The key a text's vector is kept under: the SHA-256 of its UTF-8 (lone surrogates kept as they are)."
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+class VectorCache:
+    "One embedder's vectors by text: a SQLite file that processes and threads may share."
+
+    def __init__(self, path: str | Path, dim: int):
+        self.path, self.dim = Path(path), dim
+        self.broken: str | None = None  # why the cache is bypassed in this process, once it is
+        self._local = threading.local()
+
+    def _db(self) -> sqlite3.Connection:
+        c = getattr(self._local, "db", None)
+        if c is None or self._local.pid != os.getpid():  # a connection is not carried into a forked child
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            c = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            c.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+            c.execute("PRAGMA synchronous=NORMAL")  # a power cut may lose the last vectors, never corrupt the file
+            c.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB NOT NULL) WITHOUT ROWID")
+            self._local.db, self._local.pid = c, os.getpid()
+        return c
+
+    def _bypass(self, e: Exception) -> None:
+        if self.broken is None:
+            self.broken = f"{type(e).__name__}: {e}"
+            warnings.warn(f"notelab: the embedding cache {self.path} is bypassed in this process ({self.broken}); "
+                          "vectors are computed. Free space or fix its permissions, or set [rag] embed_cache = false",
+                          stacklevel=3)
+
+    def get(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        "The kept vectors of those keys that have one."
+        found: dict[bytes, np.ndarray] = {}
+        if self.broken:
+            return found
+        keys = list(dict.fromkeys(keys))
+        try:
+            db = self._db()
+            for i in range(0, len(keys), 500):  # well under SQLite's limit on bound parameters
+                part = keys[i:i + 500]
+                for k, v in db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(part))})",
+                                       part):
+                    if len(v) == 4 * self.dim:  # anything else was not written by this code: computed again
+                        found[k] = np.frombuffer(v, np.float32)
+        except (sqlite3.Error, OSError) as e:
+            self._bypass(e)
+            return {}
+        return found
+
+    def put(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
+        "Keep these vectors (a key kept already keeps its vector)."
+        if self.broken or not len(keys):
+            return
+        rows = [(k, np.ascontiguousarray(v, np.float32).tobytes()) for k, v in zip(keys, vectors)]
+        try:
+            with self._db() as db:  # one transaction
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?)", rows)
+        except (sqlite3.Error, OSError) as e:
+            self._bypass(e)
+
+    def embed(self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        "The vectors of `texts`: kept ones from the file, the rest from `compute` (each distinct text once), kept."
+        keys = [text_key(t) for t in texts]
+        found = self.get(keys)
+        todo = list(dict.fromkeys(k for k in keys if k not in found))
+        if todo:
+            first = {k: t for k, t in zip(reversed(keys), reversed(texts))}  # a key's text
+            new = compute([first[k] for k in todo])
+            self.put(todo, new)
+            found.update(zip(todo, new))
+        return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+
+    def __len__(self) -> int:
+        try:
+            return self._db().execute("SELECT count(*) FROM vectors").fetchone()[0]
+        except (sqlite3.Error, OSError):
+            return 0
+
+    def __repr__(self):
+        return f"VectorCache({str(self.path)!r}, dim={self.dim})"
 
 # %% ../../nbs/08_embed.ipynb #22c5f0e6
 _LOAD = threading.Lock()
@@ -145,8 +231,24 @@ class MiniLM(Embedder):
             return np.zeros((0, self.dim), np.float32)
         if len(texts) <= ONNX_MOST and self.runtime == "onnx" and (s := self.session()) is not None:
             return self._embed_onnx(s, list(texts))
-        v = self.model().encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
-        return _normalise(v)  # in float32, whatever the model computed in
+        def compute(texts: list[str]) -> np.ndarray:
+            v = self.model().encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+            return _normalise(v)  # in float32, whatever the model computed in
+
+        kept = self.cache()
+        return kept.embed(list(texts), compute) if kept is not None else compute(list(texts))
+
+    def cache(self) -> VectorCache | None:
+        "Where this model's vectors are kept by text (`<store>/.embeddings/`); None with `[rag] embed_cache = false`."
+        if not settings().rag.embed_cache:
+            return None
+        from notelab.models import store_dir
+
+        path = store_dir() / ".embeddings" / f"all-MiniLM-L6-v2-{self.version}-{self.dtype}.sqlite"
+        key = f"cache:{path}"
+        if key not in _MODELS:
+            _MODELS[key] = VectorCache(path, self.dim)
+        return _MODELS[key]
 
     def onnx_path(self) -> Path:
         "Where the model store keeps this model exported for ONNX Runtime."

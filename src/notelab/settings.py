@@ -86,6 +86,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "query_runtime": Key("str", "auto", "in-process embedder, a few texts at a time (a search's query): onnx "
                              "(ONNX Runtime), torch, or auto (onnx where it is installed)",
                              lambda v: None if v in ("auto", "onnx", "torch") else "use auto, onnx or torch"),
+        "embed_cache": Key("bool", "true", "in-process embedder: keep every vector an ingest computes, by its text's "
+                           "SHA-256, in <store>/.embeddings/ (the same text is not embedded twice)"),
         "index_min_rows": Key("int", "50000", "a knowledge base of at least this many chunks gets an approximate "
                               "vector index (0: never)", _at_least(0)),
         "index_type": Key("str", "IVF_SQ", "the approximate vector index: IVF_SQ, IVF_HNSW_SQ, IVF_PQ, IVF_FLAT",
