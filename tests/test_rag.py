@@ -100,8 +100,8 @@ def test_concurrent_ingests_lose_and_duplicate_nothing(docs, tmp_path):
 
 
 def test_a_corpus_ingested_again_is_not_embedded_again(tmp_path):
-    "Every vector an ingest computes is kept by its text ([rag] embed_cache): the same corpus into another KB, or a"
-    " rebuilt one, reads them all back, the same vectors bit for bit, and the model is never called."
+    """Every vector an ingest computes is kept by its text ([rag] embed_cache): the same corpus into another KB, or a
+    rebuilt one, reads them all back, the same vectors bit for bit, and the model is never called."""
     from unittest import mock
 
     from notelab.datasets import pydoc_corpus

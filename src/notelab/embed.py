@@ -140,8 +140,8 @@ class VectorCache:
         found = self.get(keys)
         todo = list(dict.fromkeys(k for k in keys if k not in found))
         if todo:
-            first = {k: t for k, t in zip(reversed(keys), reversed(texts))}  # a key's text
-            new = compute([first[k] for k in todo])
+            text = dict(zip(keys, texts))
+            new = compute([text[k] for k in todo])
             self.put(todo, new)
             found.update(zip(todo, new))
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
