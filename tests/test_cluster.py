@@ -7,6 +7,7 @@ Role in k8s/base/rbac.yaml must grant exactly the verbs and resources those call
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -480,7 +481,8 @@ def test_mlflow_in_the_cluster_answers_by_its_service_name_and_port(tmp_path):
             "--artifacts-destination": str(tmp_path / "artifacts")}
     argv = [a if a.split("=")[0] not in here else f"{a.split('=')[0]}={here[a.split('=')[0]]}" for a in args]
     p = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", *argv, "--workers", "1"],
-                         stdout=open(tmp_path / "mlflow.log", "wb"), stderr=subprocess.STDOUT)
+                         stdout=open(tmp_path / "mlflow.log", "wb"), stderr=subprocess.STDOUT,
+                         start_new_session=True)  # its uvicorn, job runner and huey consumer: one group to end
 
     def get(host: str) -> int:
         req = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=5",
@@ -494,6 +496,12 @@ def test_mlflow_in_the_cluster_answers_by_its_service_name_and_port(tmp_path):
         until_serving(p, lambda: answers(f"http://127.0.0.1:{port}/health"), "the MLflow server", tmp_path / "mlflow.log")
         assert [get(h) for h in ("mlflow:5000", "mlflow.notelab.svc:5000", "mlflow")] == [200, 200, 200]
         assert get("evil.example:5000") == 403
-    finally:
-        p.terminate()
-        p.wait(10)
+    finally:  # the server waits for its children to shut down: 4 s idle, more than 10 on a loaded machine
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(300)  # a bound for a hang, not an expected time
+        finally:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # whatever of the group outlived its parent
+            except ProcessLookupError:
+                pass

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -210,6 +211,7 @@ def progress(total: float | None, desc: str = "", enabled: bool = True) -> Itera
 
 # %% ../../nbs/00_core.ipynb #76008e62
 _LOCAL: list[dict] = []
+_USE_LOCK = threading.Lock()  # `note_use`'s look-then-write, for the threads of one process
 
 
 def run_dir() -> Path | None:
@@ -244,8 +246,9 @@ def records(kind: str | None = None, folder: Path | str | None = None) -> list[d
 
 def note_use(what: str, value: str) -> None:
     "Record that this run used `value` as its `what` (worker, model, kb, data); each pair once."
-    if not any(e.get("what") == what and e.get("value") == value for e in records("use")):
-        record("use", what=what, value=value)
+    with _USE_LOCK:  # threads of one run (a batch of answers, a pipeline's fan-out) note the same worker at once
+        if not any(e.get("what") == what and e.get("value") == value for e in records("use")):
+            record("use", what=what, value=value)
 
 # %% ../../nbs/00_core.ipynb #7b6d9c5c
 @contextmanager

@@ -375,7 +375,8 @@ def _file_results(run_id: str, folder: Path, out: Path) -> tuple[dict, dict]:
     uses: dict[str, list[str]] = {}
     for e in events:
         if e["kind"] == "use":
-            uses.setdefault(e["what"], []).append(e["value"])
+            if e["value"] not in (seen := uses.setdefault(e["what"], [])):  # once each, whoever noted it twice
+                seen.append(e["value"])
     for i in range(0, len(batch), 900):
         c.log_batch(run_id, metrics=batch[i:i + 900])
     if uses:
