@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 import notelab
-from notelab.core import (EngineError, LimitError, PortInUseError, UnknownModelError, WorkerNameTakenError,
-                          WorkerStartError)
+from notelab.core import (EngineError, LimitError, PortInUseError, UnknownModelError, WorkerError,
+                          WorkerNameTakenError, WorkerStartError)
 from notelab.settings import settings
 from notelab.workers import get_worker, launch_worker, list_workers, scale_worker, stop_worker, worker_logs
 
@@ -93,6 +93,33 @@ def test_start_timeout_leaves_nothing(monkeypatch):
     with pytest.raises(WorkerStartError, match=r"was not healthy after 3s; raise \[workers\] start_timeout"):
         launch_worker(name="slowpoke")
     time.sleep(0.5)
+    assert names() == before and vllm_pids() == procs
+
+
+@pytest.mark.slow
+def test_down_while_up_starts_stops_it_and_up_says_so():
+    "`worker down` in the middle of another `worker up` of the same name: nothing is left, and `up` says why it ended."
+    before, procs = names(), vllm_pids()
+    ended = []
+
+    def up():
+        try:
+            launch_worker(name="downed", show_progress=False)
+        except Exception as e:  # noqa: BLE001 - what it raised is the finding
+            ended.append(e)
+
+    t = threading.Thread(target=up)
+    t.start()
+    try:
+        while not ("downed" in names() and get_worker("downed", probe=False).replicas):  # its replica is starting
+            assert t.is_alive(), ended
+            time.sleep(0.1)
+        stopped = stop_worker("downed")
+    finally:
+        t.join(120)
+    assert [r.state for r in stopped.replicas] == ["stopped"]
+    assert len(ended) == 1 and type(ended[0]) is WorkerError, ended
+    assert str(ended[0]) == "worker 'downed' was stopped (`notelab worker down`) while it started"
     assert names() == before and vllm_pids() == procs
 
 

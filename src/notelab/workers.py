@@ -370,6 +370,8 @@ def _wait_ready(w: Worker, new: list[Replica], timeout: float, show_progress: bo
             for r in list(pending):
                 child = _CHILDREN.get(r.pid)
                 if _process(r) is None:
+                    if not _record(w.name).exists():  # `worker down` took the record, then stopped its replicas
+                        raise WorkerError(f"worker {w.name!r} was stopped (`notelab worker down`) while it started")
                     code = ""
                     if child is not None:  # ours: its exit code is known once it is reaped, which may not have happened yet
                         try:
@@ -418,7 +420,7 @@ def _start_replicas(w: Worker, count: int, gpus: list[tuple[int, ...]], ports: l
     try:
         try:
             if not _record(w.name).exists():  # `worker down` since it was read: start nothing
-                raise WorkerError(f"worker {w.name!r} was stopped while it started")
+                raise WorkerError(f"worker {w.name!r} was stopped (`notelab worker down`) while it started")
             for i in range(count):
                 new.append(_spawn(w, first + i, slots[i], ports[i], gpus[i], total, spec))
             w.replicas += new
@@ -428,12 +430,12 @@ def _start_replicas(w: Worker, count: int, gpus: list[tuple[int, ...]], ports: l
         _wait_ready(w, new, settings().workers.start_timeout, show_progress)
         with registry:
             if not _record(w.name).exists():  # `worker down` while it started: do not bring the record back
-                raise WorkerError(f"worker {w.name!r} was stopped while it started")
+                raise WorkerError(f"worker {w.name!r} was stopped (`notelab worker down`) while it started")
             _save(w)
         return new
     except BaseException as e:
         _stop(new, timeout=5)
-        kept = _keep_failed_logs(w, new)
+        kept = _keep_failed_logs(w, new) if isinstance(e, WorkerStartError) and e.log_path else None
         w.replicas = [r for r in w.replicas if r not in new]
         for r in new:
             Path(r.log).unlink(missing_ok=True)
