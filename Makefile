@@ -24,7 +24,7 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || 
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test lab bench lock clean browser
+.PHONY: setup demo test lab bench lock clean browser model
 
 LABEXT := lab_ext/labextension/package.json
 LABEXT_SRC := lab_ext/package.json lab_ext/package-lock.json lab_ext/tsconfig.json $(wildcard lab_ext/src/*.ts lab_ext/style/*)
@@ -36,10 +36,24 @@ setup: $(STAMP) $(LABEXT)
 	@# the lab finds the built extension in the venv, as a wheel install would put it
 	@mkdir -p $(dir $(LABEXT_DIR)) && ln -sfn $(CURDIR)/lab_ext/labextension $(LABEXT_DIR)
 
-# the JupyterLab extension (TypeScript), built with the npm registry's packages and the venv's jupyter-builder
-$(LABEXT): $(LABEXT_SRC) $(STAMP)
-	cd lab_ext && npm install --no-audit --no-fund --loglevel=error && PATH=$(CURDIR)/$(VENV)/bin:$$PATH npm run build
+# the JupyterLab extension (TypeScript): the npm registry's packages (fetched while pip installs), then built with
+# the venv's jupyter-builder
+NODE := lab_ext/node_modules/.package-lock.json
+$(NODE): lab_ext/package.json lab_ext/package-lock.json
+	cd lab_ext && npm install --no-audit --no-fund --loglevel=error
 	@touch $@
+
+$(LABEXT): $(LABEXT_SRC) $(STAMP) $(NODE)
+	cd lab_ext && PATH=$(CURDIR)/$(VENV)/bin:$$PATH npm run build
+	@touch $@
+
+# the default model, converted once into the model store (nothing to do when it is there)
+model: $(STAMP)
+	$(NL) models pull
+
+# What demo, test and bench need, made side by side where no step waits on another: pip, npm and apt fetch at
+# once, then the extension builds while the model converts. Each step's output is shown when it ends.
+PREPARE := $(MAKE) --no-print-directory -j4 --output-sync=target
 
 # Jupyter AI's Jupyternaut for the test that offers it the workers, layered on .venv/ (envs/jupyternaut.txt: why)
 JAI := .venv-jai
@@ -76,8 +90,8 @@ endif
 	@rm -f $(VENV)/.notelab-setup-*
 	@touch $(STAMP)
 
-demo: setup
-	$(NL) models pull
+demo:
+	@$(PREPARE) setup model
 	@$(NL) worker down demo >/dev/null 2>&1 || true
 	$(NL) worker up --name demo --replicas 1
 	@set -o pipefail; rc=0; \
@@ -88,8 +102,8 @@ demo: setup
 
 # Two parts at once (see tests/conftest.py): the tests that start no vLLM process run beside the others, in a
 # data folder of their own; a test that starts vLLM processes runs alone. The light part's report follows.
-test: setup browser $(JAI_STAMP)
-	$(NL) models pull
+test:
+	@$(PREPARE) setup browser $(JAI_STAMP) model
 	@mkdir -p test-artifacts
 	@NOTELAB_LAB_DATA_DIR=$(CURDIR)/.notelab-test-light $(PY) -m pytest tests --part light -v -rs --durations=10 \
 	  > test-artifacts/light.log 2>&1 & light=$$!; \
@@ -101,8 +115,8 @@ test: setup browser $(JAI_STAMP)
 lab: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(NL) lab
 
-bench: setup
-	$(NL) models pull
+bench:
+	@$(PREPARE) setup model
 	$(PY) bench/serving.py
 	$(PY) bench/rag.py
 	$(PY) bench/experiments.py
