@@ -94,7 +94,7 @@ def test_jupyternaut_answers_with_a_worker_the_lab_offers(tmp_path, shared):
     """A lab with Jupyternaut beside notelab (Jupyter AI's own persona, in its own environment): the running
     worker is one of Jupyternaut's custom models, after the user's own, reached through the lab's proxy with
     the lab's token; Jupyternaut, given it in the chat's model picker, answers through it."""
-    assert JAI.exists(), "no .venv-jai: `make setup` makes it (envs/jupyternaut.txt)"
+    assert JAI.exists(), "no .venv-jai: `make test` makes it (envs/jupyternaut.txt)"
     root, data = tmp_path / "lab", tmp_path / "jupyter-data"
     (root / "chats").mkdir(parents=True)
     (data / "jupyter_ai").mkdir(parents=True)

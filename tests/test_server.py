@@ -105,6 +105,7 @@ async def test_workers_logs_and_bad_launches(jp_fetch, shared, monkeypatch):
                               ({"target": "mars"}, "target", 400), ({"extra_args": [1]}, "extra_args", 400),
                               ({"name": "Upper_Case"}, "name", 400), ({"extra_args": ["--port", "1"]}, "extra_args", 400),
                               ({"extra_args": ["--api-k=EVIL"]}, "extra_args", 400),
+                              ({"extra_args": ["--max-num-seqz", "4"]}, "extra_args", 400),  # no such vLLM option
                               ({"target": "cluster", "extra_args": ["--hos=0.0.0.0"]}, "extra_args", 400),
                               ({"replicas": 99}, "replicas", 403), ("{not json", "body", 400)]:
         code, e = await call(jp_fetch, "POST", "workers", body)

@@ -84,7 +84,9 @@ class ClusterWorkerSpec:
         check_replicas(self.replicas)
         check_gpus(self.gpus, self.replicas)
         self.extra_args = [str(a) for a in self.extra_args]
-        check_extra_args(self.extra_args)  # what the Deployment's args set is notelab's, as for a local worker
+        # what the Deployment's args set is notelab's, as for a local worker; the image's vLLM may be another
+        # version than this machine's, so its options are not checked against this one's
+        check_extra_args(self.extra_args, unknown_ok=True)
 
     @property
     def image(self) -> str:

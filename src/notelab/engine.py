@@ -166,17 +166,23 @@ def _settings_of(arg: str, table: dict[str, str]) -> set[str]:
     return {o[2:].replace("-", "_") for o in hits}
 
 
-def check_extra_args(extra: list[str], table: dict[str, str] | None = None) -> None:
-    "Refuse extra vLLM arguments that set (or could set) what notelab sets, however they are spelt."
+def check_extra_args(extra: list[str], table: dict[str, str] | None = None, *, unknown_ok: bool = False) -> None:
+    """Refuse extra vLLM arguments that set (or could set) what notelab sets, however they are spelt, and options
+    the installed vLLM does not have (at once, rather than from a replica that exits while starting).
+    `unknown_ok`: the arguments are for another vLLM (a cluster's image), so only what notelab owns is checked."""
     table = vllm_options() if table is None else table
     for a in extra:
         if not isinstance(a, str):
             raise EngineError(f"extra vLLM argument {a!r}: give arguments as text")
-        owned = sorted(_settings_of(a, table) & set(RESERVED))
+        found = _settings_of(a, table)
+        owned = sorted(found & set(RESERVED))
         if owned:
             d = owned[0]
             raise EngineError(f"extra vLLM argument {a.split('=', 1)[0]}: vLLM reads it as --{d.replace('_', '-')}, "
                               f"which notelab sets (from {RESERVED[d]}); remove it")
+        if table and not found and a.startswith("--") and not unknown_ok:
+            raise EngineError(f"extra vLLM argument {a.split('=', 1)[0]}: the installed vLLM has no such option "
+                              "(`vllm serve --help` lists them); check its spelling")
 
 
 def _has(extra: list[str], flag: str) -> bool:

@@ -171,7 +171,7 @@ class LabService:
         from notelab.engine import check_extra_args
 
         try:
-            check_extra_args(extra)  # here and on the cluster alike
+            check_extra_args(extra, unknown_ok=target == "cluster")  # the cluster's image may run another vLLM
         except NotelabError as e:
             raise InvalidInput("extra_args", str(e)) from None
         if target == "cluster":
