@@ -924,6 +924,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'notelab.workers._spec': ('workers.html#_spec', 'notelab/workers.py'),
                                  'notelab.workers._start_replicas': ('workers.html#_start_replicas', 'notelab/workers.py'),
                                  'notelab.workers._stop': ('workers.html#_stop', 'notelab/workers.py'),
+                                 'notelab.workers._stopped': ('workers.html#_stopped', 'notelab/workers.py'),
                                  'notelab.workers._used': ('workers.html#_used', 'notelab/workers.py'),
                                  'notelab.workers._wait_ready': ('workers.html#_wait_ready', 'notelab/workers.py'),
                                  'notelab.workers._worker_lock': ('workers.html#_worker_lock', 'notelab/workers.py'),

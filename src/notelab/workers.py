@@ -362,6 +362,11 @@ def root_cause(log: str) -> str | None:
     return None
 
 
+def _stopped(w: Worker) -> WorkerError:
+    "What a start says when `worker down` took its worker's record (and then stopped its replicas) meanwhile."
+    return WorkerError(f"worker {w.name!r} was stopped (`notelab worker down`) while it started")
+
+
 def _wait_ready(w: Worker, new: list[Replica], timeout: float, show_progress: bool) -> None:
     t0 = time.monotonic()
     pending = list(new)
@@ -371,7 +376,7 @@ def _wait_ready(w: Worker, new: list[Replica], timeout: float, show_progress: bo
                 child = _CHILDREN.get(r.pid)
                 if _process(r) is None:
                     if not _record(w.name).exists():  # `worker down` took the record, then stopped its replicas
-                        raise WorkerError(f"worker {w.name!r} was stopped (`notelab worker down`) while it started")
+                        raise _stopped(w)
                     code = ""
                     if child is not None:  # ours: its exit code is known once it is reaped, which may not have happened yet
                         try:
@@ -420,7 +425,7 @@ def _start_replicas(w: Worker, count: int, gpus: list[tuple[int, ...]], ports: l
     try:
         try:
             if not _record(w.name).exists():  # `worker down` since it was read: start nothing
-                raise WorkerError(f"worker {w.name!r} was stopped (`notelab worker down`) while it started")
+                raise _stopped(w)
             for i in range(count):
                 new.append(_spawn(w, first + i, slots[i], ports[i], gpus[i], total, spec))
             w.replicas += new
@@ -430,7 +435,7 @@ def _start_replicas(w: Worker, count: int, gpus: list[tuple[int, ...]], ports: l
         _wait_ready(w, new, settings().workers.start_timeout, show_progress)
         with registry:
             if not _record(w.name).exists():  # `worker down` while it started: do not bring the record back
-                raise WorkerError(f"worker {w.name!r} was stopped (`notelab worker down`) while it started")
+                raise _stopped(w)
             _save(w)
         return new
     except BaseException as e:
