@@ -186,7 +186,19 @@ def test_lifecycle_on_a_given_port_and_down_leaves_no_process():
         log = "\n".join(worker_logs("life", lines=400))
         assert "--max-num-seqs 4" in log and "Application startup complete" in log
         assert "the engine core and its worker start by fork" in log  # notelab's vLLM platform plugin ([workers] cpu_fork)
-        assert notelab.connect("life").ask("Hi", max_tokens=4) is not None
+        spin = settings().workers.cpu_spin_ms
+        assert f"the engine's processes busy-wait {spin} ms for a message" in log and "not applied" not in log
+        client = notelab.connect("life")
+        r = client.completions.create(model=client.model, prompt="Hi", max_tokens=4, extra_body={"ignore_eos": True})
+        assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "length"
+        # answered, the replica's processes sleep: none keeps running (vLLM's own wait spins a core for a second)
+        procs = [psutil.Process(p) for p in family]
+        samples = []
+        for _ in range(20):
+            samples.append({p.pid for p in procs if p.status() == psutil.STATUS_RUNNING})
+            time.sleep(0.05)
+        busiest = max(sum(p.pid in s for s in samples) for p in procs)
+        assert busiest <= 10, (busiest, samples)
         r = subprocess.run([NOTELAB, "worker", "down", "life"], capture_output=True, text=True)
         assert r.returncode == 0 and "stopped life" in r.stdout
         assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in family)

@@ -18,9 +18,9 @@ from .core import EngineError, atomic_write, native_bf16
 from .settings import Settings, settings
 
 # %% auto #0
-__all__ = ['RESERVED', 'RESERVED_FLAGS', 'COMPACT_JSON', 'FORK_ENV', 'FORK_PLATFORM', 'Engine', 'visible_gpus', 'detect_engine',
-           'plan_gpus', 'cpu_slice', 'vllm_options', 'check_extra_args', 'model_context', 'cpu_dtype', 'Launch',
-           'replica_launch', 'fork_platform']
+__all__ = ['RESERVED', 'RESERVED_FLAGS', 'COMPACT_JSON', 'FORK_ENV', 'SPIN_ENV', 'FORK_PLATFORM', 'Engine', 'visible_gpus',
+           'detect_engine', 'plan_gpus', 'cpu_slice', 'vllm_options', 'check_extra_args', 'model_context', 'cpu_dtype',
+           'Launch', 'replica_launch', 'fork_platform']
 
 # %% ../../nbs/03_engine.ipynb #97c2ab43
 @dataclass(frozen=True)
@@ -208,6 +208,7 @@ def model_context(model_path) -> int | None:
 
 
 FORK_ENV = "NOTELAB_VLLM_FORK"  # in a replica's environment: vLLM's engine processes start by fork (see below)
+SPIN_ENV = "NOTELAB_VLLM_SPIN_MS"  # and how long they busy-wait for a message before they sleep ("Quiet waits")
 FORK_PLATFORM = "notelab.vllm_fork.ForkingCpuPlatform"
 
 
@@ -258,7 +259,7 @@ def replica_launch(engine: Engine, *, model_path: str, served_names: list[str], 
         if not _has(extra, "--dtype"):
             argv += ["--dtype", cpu_dtype(w.cpu_dtype)]
         if w.cpu_fork:  # see "Fork, not spawn" below
-            env[FORK_ENV] = "1"
+            env[FORK_ENV], env[SPIN_ENV] = "1", str(w.cpu_spin_ms)
             if bind != "nobind":
                 env["GOMP_CPU_AFFINITY"] = bind.replace(",", " ")
     else:

@@ -64,6 +64,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "cpu_threads": Key("int", "0", "CPU engine: threads per replica; 0 shares the cores", _at_least(0)),
         "cpu_enforce_eager": Key("bool", "true", "CPU engine: skip torch.compile for a faster start"),
         "cpu_fork": Key("bool", "true", "CPU engine: start vLLM's engine processes by fork, not spawn (faster start)"),
+        "cpu_spin_ms": Key("int", "2", "CPU engine, with cpu_fork: ms vLLM's engine processes busy-wait for their next "
+                           "message before they sleep (vLLM's own 1000 keeps a core busy after every request)",
+                           _at_least(0)),
         "cpu_dtype": Key("str", "auto", "CPU engine: the dtype replicas compute in: float32, bfloat16, or auto "
                          "(bfloat16 where the CPU computes in it natively, else float32)",
                          lambda v: None if v in ("auto", "float32", "bfloat16") else "use auto, float32 or bfloat16"),
