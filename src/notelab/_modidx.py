@@ -332,6 +332,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'notelab.engine.detect_engine': ('engine.html#detect_engine', 'notelab/engine.py'),
                                 'notelab.engine.fork_platform': ('engine.html#fork_platform', 'notelab/engine.py'),
                                 'notelab.engine.model_context': ('engine.html#model_context', 'notelab/engine.py'),
+                                'notelab.engine.own_chat_template': ('engine.html#own_chat_template', 'notelab/engine.py'),
                                 'notelab.engine.plan_gpus': ('engine.html#plan_gpus', 'notelab/engine.py'),
                                 'notelab.engine.replica_launch': ('engine.html#replica_launch', 'notelab/engine.py'),
                                 'notelab.engine.visible_gpus': ('engine.html#visible_gpus', 'notelab/engine.py'),

@@ -18,9 +18,9 @@ from .core import EngineError, atomic_write, native_bf16
 from .settings import Settings, settings
 
 # %% auto #0
-__all__ = ['RESERVED', 'RESERVED_FLAGS', 'COMPACT_JSON', 'FORK_ENV', 'SPIN_ENV', 'FORK_PLATFORM', 'Engine', 'visible_gpus',
-           'detect_engine', 'plan_gpus', 'cpu_slice', 'vllm_options', 'check_extra_args', 'model_context', 'cpu_dtype',
-           'Launch', 'replica_launch', 'fork_platform']
+__all__ = ['RESERVED', 'RESERVED_FLAGS', 'COMPACT_JSON', 'PROCESSOR_FILES', 'FORK_ENV', 'SPIN_ENV', 'FORK_PLATFORM', 'Engine',
+           'visible_gpus', 'detect_engine', 'plan_gpus', 'cpu_slice', 'vllm_options', 'check_extra_args',
+           'model_context', 'own_chat_template', 'cpu_dtype', 'Launch', 'replica_launch', 'fork_platform']
 
 # %% ../../nbs/03_engine.ipynb #97c2ab43
 @dataclass(frozen=True)
@@ -207,6 +207,17 @@ def model_context(model_path) -> int | None:
     return min(limits) if limits else None
 
 
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "chat_template.json")
+
+
+def own_chat_template(model_path) -> Path | None:
+    """The model folder's chat template file, where the folder has no processor that could bring another one: a
+    replica is given it (`--chat-template`) rather than have vLLM look for a processor first (see below)."""
+    d = Path(model_path)
+    f = d / "chat_template.jinja"
+    return f if f.is_file() and not any((d / p).exists() for p in PROCESSOR_FILES) else None
+
+
 FORK_ENV = "NOTELAB_VLLM_FORK"  # in a replica's environment: vLLM's engine processes start by fork (see below)
 SPIN_ENV = "NOTELAB_VLLM_SPIN_MS"  # and how long they busy-wait for a message before they sleep ("Quiet waits")
 FORK_PLATFORM = "notelab.vllm_fork.ForkingCpuPlatform"
@@ -246,6 +257,8 @@ def replica_launch(engine: Engine, *, model_path: str, served_names: list[str], 
         # OpenAI clients that offer tools without naming one (tool_choice auto, Jupyternaut's agent) get parsed
         # tool calls instead of a 400
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", w.tool_call_parser]
+    if not _has(extra, "--chat-template") and (template := own_chat_template(model_path)):
+        argv += ["--chat-template", str(template)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTELAB_")}
     env.update(VLLM_API_KEY=api_key, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
