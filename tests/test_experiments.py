@@ -207,11 +207,11 @@ def test_prompt_ab_notebooks_compare(shared, experiment):
     ids = []
     for prompt in ("plain", "concise"):
         d = as_json(notelab("run", PROMPT_AB, "-p", "worker", shared, "-p", "prompt", prompt, "-p", "n_questions",
-                            "6", "--experiment", experiment, "--json"))
+                            "4", "--experiment", experiment, "--json"))
         assert d["status"] == "FINISHED", d["error"]
         ids.append(d["run_id"])
     d = as_json(notelab("compare", *ids, "--metric", "token_f1", "--json"))
-    assert d["n"] == 6 and 0 <= d["p_value"] <= 1 and d["ci"][0] <= d["delta"] <= d["ci"][1]
+    assert d["n"] == 4 and 0 <= d["p_value"] <= 1 and d["ci"][0] <= d["delta"] <= d["ci"][1]
     r = notelab("run", PROMPT_AB, "-p", "prompt", "pirate", "-p", "worker", shared, "--experiment", experiment)
     assert r.returncode == 1 and "prompt='pirate': use one of plain, concise, teacher" in r.stderr
 
