@@ -21,7 +21,7 @@ __all__ = ['NotelabError', 'InvalidInput', 'ModelError', 'UnknownModelError', 'W
            'WorkerNameTakenError', 'PortInUseError', 'EngineError', 'LimitError', 'WorkerStartError', 'NoReplicaError',
            'ExperimentError', 'RunNotFoundError', 'tail', 'atomic_write', 'private_log', 'sha256_file', 'use_progress',
            'progress_style', 'progress', 'run_dir', 'record', 'records', 'note_use', 'gc_paused', 'ProcessRef',
-           'kill_tree', 'native_bf16']
+           'since_boot', 'started_as', 'kill_tree', 'native_bf16']
 
 # %% ../../nbs/00_core.ipynb #56b218b3
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -269,8 +269,9 @@ def gc_paused():
 class ProcessRef:
     "A process by pid and start time (and host): tells the process we started from a later one with its pid."
     pid: int
-    started: float  # psutil's create_time, seconds since the epoch
+    started: float  # psutil's create_time, seconds since the epoch (to show; moves with the wall clock)
     host: str = ""
+    since_boot: float | None = None  # its start in seconds since boot (to compare); None in older records
 
     @classmethod
     def of(cls, pid: int | None = None) -> "ProcessRef":
@@ -279,7 +280,15 @@ class ProcessRef:
 
         import psutil
 
-        return cls(pid or os.getpid(), psutil.Process(pid or os.getpid()).create_time(), socket.gethostname())
+        p = psutil.Process(pid or os.getpid())
+        return cls(p.pid, p.create_time(), socket.gethostname(), since_boot(p.pid))
+
+    def as_dict(self) -> dict:
+        return {"host": self.host, "pid": self.pid, "started": self.started, "since_boot": self.since_boot}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProcessRef":
+        return cls(int(d["pid"]), float(d["started"]), d.get("host", ""), d.get("since_boot"))
 
     @property
     def here(self) -> bool:
@@ -296,14 +305,29 @@ class ProcessRef:
             return None
         try:
             p = psutil.Process(self.pid)
-            if abs(p.create_time() - self.started) > 1 or p.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return p
+            return p if started_as(p, self.started, self.since_boot) and p.status() != psutil.STATUS_ZOMBIE else None
         except psutil.Error:
             return None
 
     def alive(self) -> bool:
         return self.process() is not None
+
+
+def since_boot(pid: int) -> float | None:
+    "When process `pid` started, in seconds since boot (Linux: /proc/PID/stat), or None where that is not known."
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return int(stat[stat.rfind(")") + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def started_as(p, started: float, booted: float | None) -> bool:
+    "Did the `psutil.Process` `p` start when recorded? By its time since boot; a record without one by date."
+    if booted is not None and (now := since_boot(p.pid)) is not None:
+        return abs(now - booted) < 0.05  # in clock ticks: the same process, the same value
+    return abs(p.create_time() - started) <= 1
 
 
 def kill_tree(p, sig: int = 9, timeout: float = 5.0) -> None:

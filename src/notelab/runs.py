@@ -58,14 +58,14 @@ def run_folder(run_id: str) -> Path:
 # %% ../../nbs/14d_runs.ipynb #0c56eca8
 def executor_tags(ref: ProcessRef, dedicated: bool) -> dict:
     "The executor tag: the process, and whether it exists only for this run (a lab or a kernel does not)."
-    return {EXECUTOR: json.dumps({"host": ref.host, "pid": ref.pid, "started": ref.started, "dedicated": dedicated})}
+    return {EXECUTOR: json.dumps({**ref.as_dict(), "dedicated": dedicated})}
 
 
 def executor_of(r) -> ProcessRef | None:
     "The process that executes an MLflow run, as recorded on it (None for a Job, or a run recorded elsewise)."
     try:
         d = json.loads(r.data.tags[EXECUTOR])
-        return ProcessRef(int(d["pid"]), float(d["started"]), d.get("host", ""))
+        return ProcessRef.from_dict(d)
     except (KeyError, ValueError, TypeError):
         return None
 
@@ -73,7 +73,7 @@ def executor_of(r) -> ProcessRef | None:
 def kernel_of(run_id: str) -> ProcessRef | None:
     try:
         d = json.loads((run_folder(run_id) / "kernel.json").read_text())
-        return ProcessRef(int(d["pid"]), float(d["started"]), d.get("host", ""))
+        return ProcessRef.from_dict(d)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -88,7 +88,7 @@ def _reap_kernel_in(folder: Path) -> None:
         d = json.loads((folder / "kernel.json").read_text())
     except (OSError, ValueError):
         return
-    if (p := ProcessRef(int(d["pid"]), float(d["started"]), d.get("host", "")).process()) is not None:
+    if (p := ProcessRef.from_dict(d).process()) is not None:
         kill_tree(p)
 
 
@@ -317,7 +317,7 @@ def _start_kernel(spec: Mapping, folder: Path, env: Mapping[str, str], *, await_
     km = AsyncKernelManager(kernel_name=name)
     run_sync(km.start_kernel)(extra_arguments=extra, cwd=str(Path(spec["notebook"]).parent), env={**os.environ, **env})
     ref = ProcessRef.of(km.provisioner.pid)
-    atomic_write(folder / "kernel.json", json.dumps({"host": ref.host, "pid": ref.pid, "started": ref.started}))
+    atomic_write(folder / "kernel.json", json.dumps(ref.as_dict()))
     if (folder / "cancel").exists():  # cancelled while it started: the canceller may have looked too early
         _reap_kernel_in(folder)
         raise RunCancelled("cancelled while its kernel started")

@@ -24,7 +24,7 @@ import psutil
 from filelock import FileLock
 
 from .core import (InvalidInput, LimitError, PortInUseError, WorkerError, WorkerNameTakenError, WorkerNotFoundError,
-                          WorkerStartError, atomic_write, private_log, progress, tail)
+                          WorkerStartError, ProcessRef, atomic_write, private_log, progress, started_as, tail)
 from .engine import check_extra_args, detect_engine, plan_gpus, replica_launch
 from .models import resolve
 from .rules import WORKER_NAME, check_gpus, check_replicas, check_worker_name, default_worker_name
@@ -52,6 +52,7 @@ class Replica:
     state: str = "starting"  # filled in from the live process by `list_workers`
     model: str = ""  # the model version it serves (name@version); during a rollout replicas differ
     draining: bool = False  # being replaced: routers send it nothing new, it finishes what it has, then stops
+    since_boot: float | None = None  # its start in seconds since boot: compared, as a clock step moves `started`
 
     @property
     def base_url(self) -> str:
@@ -167,9 +168,7 @@ def _process(r: Replica) -> psutil.Process | None:
         return None
     try:
         p = psutil.Process(r.pid)
-        if abs(p.create_time() - r.started) > 1 or p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return p
+        return p if started_as(p, r.started, r.since_boot) and p.status() != psutil.STATUS_ZOMBIE else None
     except psutil.Error:
         return None
 
@@ -284,11 +283,11 @@ def _spawn(w: Worker, index: int, slot: int, port: int, gpus: tuple[int, ...], r
                              stdin=subprocess.DEVNULL, start_new_session=True, cwd=log.parent)
     _CHILDREN[p.pid] = p
     try:
-        started = psutil.Process(p.pid).create_time()
+        ref = ProcessRef.of(p.pid)
     except psutil.Error:  # exited at once; keep a start time that matches nothing
-        started = 0.0
-    return Replica(index, settings().workers.host, port, p.pid, started, key, str(log), list(gpus), slot,
-                   model=spec["model"])
+        ref = ProcessRef(p.pid, 0.0, since_boot=-1.0)
+    return Replica(index, settings().workers.host, port, p.pid, ref.started, key, str(log), list(gpus), slot,
+                   model=spec["model"], since_boot=ref.since_boot)
 
 
 def _spec(w: Worker) -> dict:
