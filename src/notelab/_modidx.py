@@ -250,7 +250,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'notelab.core.run_dir': ('core.html#run_dir', 'notelab/core.py'),
                               'notelab.core.sha256_file': ('core.html#sha256_file', 'notelab/core.py'),
                               'notelab.core.since_boot': ('core.html#since_boot', 'notelab/core.py'),
-                              'notelab.core.started_as': ('core.html#started_as', 'notelab/core.py'),
                               'notelab.core.tail': ('core.html#tail', 'notelab/core.py'),
                               'notelab.core.use_progress': ('core.html#use_progress', 'notelab/core.py')},
             'notelab.datasets': { 'notelab.datasets._doc_sections': ('datasets.html#_doc_sections', 'notelab/datasets.py'),

@@ -21,7 +21,7 @@ __all__ = ['NotelabError', 'InvalidInput', 'ModelError', 'UnknownModelError', 'W
            'WorkerNameTakenError', 'PortInUseError', 'EngineError', 'LimitError', 'WorkerStartError', 'NoReplicaError',
            'ExperimentError', 'RunNotFoundError', 'tail', 'atomic_write', 'private_log', 'sha256_file', 'use_progress',
            'progress_style', 'progress', 'run_dir', 'record', 'records', 'note_use', 'gc_paused', 'ProcessRef',
-           'since_boot', 'started_as', 'kill_tree', 'native_bf16']
+           'since_boot', 'kill_tree', 'native_bf16']
 
 # %% ../../nbs/00_core.ipynb #56b218b3
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -305,7 +305,11 @@ class ProcessRef:
             return None
         try:
             p = psutil.Process(self.pid)
-            return p if started_as(p, self.started, self.since_boot) and p.status() != psutil.STATUS_ZOMBIE else None
+            if self.since_boot is not None and (now := since_boot(p.pid)) is not None:
+                same = abs(now - self.since_boot) < 0.05  # in clock ticks: the same process, the same value
+            else:  # a record without it (or no /proc): by date
+                same = abs(p.create_time() - self.started) <= 1
+            return p if same and p.status() != psutil.STATUS_ZOMBIE else None
         except psutil.Error:
             return None
 
@@ -321,13 +325,6 @@ def since_boot(pid: int) -> float | None:
         return int(stat[stat.rfind(")") + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
     except (OSError, ValueError, IndexError):
         return None
-
-
-def started_as(p, started: float, booted: float | None) -> bool:
-    "Did the `psutil.Process` `p` start when recorded? By its time since boot; a record without one by date."
-    if booted is not None and (now := since_boot(p.pid)) is not None:
-        return abs(now - booted) < 0.05  # in clock ticks: the same process, the same value
-    return abs(p.create_time() - started) <= 1
 
 
 def kill_tree(p, sig: int = 9, timeout: float = 5.0) -> None:

@@ -24,7 +24,7 @@ import psutil
 from filelock import FileLock
 
 from .core import (InvalidInput, LimitError, PortInUseError, WorkerError, WorkerNameTakenError, WorkerNotFoundError,
-                          WorkerStartError, ProcessRef, atomic_write, private_log, progress, started_as, tail)
+                          WorkerStartError, ProcessRef, atomic_write, private_log, progress, tail)
 from .engine import check_extra_args, detect_engine, plan_gpus, replica_launch
 from .models import resolve
 from .rules import WORKER_NAME, check_gpus, check_replicas, check_worker_name, default_worker_name
@@ -166,11 +166,7 @@ def _process(r: Replica) -> psutil.Process | None:
     if (p := _CHILDREN.get(r.pid)) is not None and p.poll() is not None:
         _CHILDREN.pop(r.pid, None)
         return None
-    try:
-        p = psutil.Process(r.pid)
-        return p if started_as(p, r.started, r.since_boot) and p.status() != psutil.STATUS_ZOMBIE else None
-    except psutil.Error:
-        return None
+    return ProcessRef(r.pid, r.started, since_boot=r.since_boot).process()  # no host: `r.host` is where it listens
 
 
 def _healthy(r: Replica, timeout: float = 1.0) -> bool:
