@@ -7,8 +7,12 @@ converted once per machine, not once per run.
 `make test` runs the suite in two parts at once (`--part`): `light`, the tests that start no vLLM
 process (in a data folder of their own), beside `heavy`, the rest. A test that starts vLLM processes
 (`slow`) runs alone: it holds a lock the light part takes for each of its tests, so the machine's
-memory holds at most the shared worker, one test's own vLLM processes and nothing else. Tests that
-watch this machine's vLLM processes (`vllm_processes`) are heavy too: nothing beside them starts any.
+memory holds at most the shared worker, one test's own vLLM processes and nothing else (a replica is
+~5.8 GB with its 1 GiB KV cache; three and the light part's labs, kernels and browser fill 24 GB).
+One that never holds more replicas than the shared worker's two (`no_extra_replica`: it replaces a
+shared replica it killed, or its own exit while they start) leaves the light part running beside it.
+Tests that watch this machine's vLLM processes (`vllm_processes`) are heavy too: nothing beside them
+starts any.
 """
 import fcntl
 import os
@@ -60,6 +64,10 @@ def _starts_vllm(item) -> bool:
     return item.get_closest_marker("slow") is not None
 
 
+def _alone(item) -> bool:
+    return _starts_vllm(item) and item.get_closest_marker("no_extra_replica") is None
+
+
 def _heavy(item) -> bool:
     return _needs_worker(item) or _starts_vllm(item) or item.get_closest_marker("vllm_processes") is not None
 
@@ -105,11 +113,11 @@ def pytest_collection_finish(session):
 
 @contextmanager
 def _turn(item, part: str):
-    "Hold the run's lock for one test: alone (a test that starts vLLM processes) or beside the heavy part."
-    if part == "all" or (part == "heavy" and not _starts_vllm(item)):
+    "Hold the run's lock for one test: alone (a test that starts more vLLM processes) or beside the heavy part."
+    if part == "all" or (part == "heavy" and not _alone(item)):
         yield
         return
-    alone = _starts_vllm(item)
+    alone = _alone(item)
     with open(LOCKS, "a+") as lock, open(LOCKS.with_suffix(".turnstile"), "a+") as turnstile:
         fcntl.flock(turnstile, fcntl.LOCK_EX)  # a waiting test that runs alone lets no light test start meanwhile
         try:

@@ -26,6 +26,7 @@ def wait_for(what, check, within: float = 600, every: float = 0.3):
 
 @pytest.mark.worker
 @pytest.mark.slow
+@pytest.mark.no_extra_replica
 def test_a_sweep_survives_killed_runs_replicas_and_labs(shared, tmp_path):
     from mlflow import MlflowClient
 

@@ -526,6 +526,7 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.worker
 @pytest.mark.slow
+@pytest.mark.no_extra_replica
 async def test_a_killed_replica_loses_no_request_through_the_lab_or_connect(jp_fetch, shared, jp_serverapp,
                                                                            jp_base_url, jp_http_port):
     """One routing policy: requests through the lab's endpoint and through `notelab.connect` both survive the

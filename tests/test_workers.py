@@ -67,6 +67,7 @@ def test_port_in_use_leaves_nothing():
 
 
 @pytest.mark.slow
+@pytest.mark.no_extra_replica
 def test_bad_vllm_argument_leaves_nothing():
     before, procs = names(), vllm_pids()
     with pytest.raises(EngineError, match="--no-such-flag: the installed vLLM has no such option"):
@@ -90,6 +91,7 @@ def test_no_spelling_of_a_reserved_flag_reaches_vllm():
 
 
 @pytest.mark.slow
+@pytest.mark.no_extra_replica
 def test_start_timeout_leaves_nothing(monkeypatch):
     monkeypatch.setenv("NOTELAB_WORKERS_START_TIMEOUT", "3")
     before, procs = names(), vllm_pids()
@@ -100,6 +102,7 @@ def test_start_timeout_leaves_nothing(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.no_extra_replica
 def test_down_while_up_starts_stops_it_and_up_says_so():
     "`worker down` in the middle of another `worker up` of the same name: nothing is left, and `up` says why it ended."
     before, procs = names(), vllm_pids()
