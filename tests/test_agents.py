@@ -237,8 +237,8 @@ def test_worker_dies_mid_pipeline():
 
 def test_agents_experiment_records_traces(shared, kb):
     nb = Path(__file__).parents[1] / "nbs" / "experiments" / "agents_pipeline.ipynb"
-    r = subprocess.run([NOTELAB, "run", nb, "-p", "worker", shared, "-p", "n_questions", "1", "--experiment",
-                        "test-agents", "--json"], capture_output=True, text=True)
+    r = subprocess.run([NOTELAB, "run", nb, "-p", "worker", shared, "-p", "n_questions", "1", "-p", "k", "1",
+                        "--experiment", "test-agents", "--json"], capture_output=True, text=True)
     d = json.loads(r.stdout)
     assert r.returncode == 0, d.get("error")
     assert {"completed", "citation_precision", "revision_rate", "token_f1", "tokens_per_question"} <= set(d["metrics"])

@@ -207,7 +207,7 @@ def test_prompt_ab_notebooks_compare(shared, experiment):
     ids = []
     for prompt in ("plain", "concise"):
         d = as_json(notelab("run", PROMPT_AB, "-p", "worker", shared, "-p", "prompt", prompt, "-p", "n_questions",
-                            "4", "--experiment", experiment, "--json"))
+                            "4", "-p", "k", "1", "-p", "max_tokens", "24", "--experiment", experiment, "--json"))
         assert d["status"] == "FINISHED", d["error"]
         ids.append(d["run_id"])
     d = as_json(notelab("compare", *ids, "--metric", "token_f1", "--json"))
