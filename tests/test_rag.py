@@ -121,6 +121,26 @@ def test_a_corpus_ingested_again_is_not_embedded_again(tmp_path):
     drop_kb("again-1"), drop_kb("again-2")
 
 
+def test_embedding_caches_are_listed_and_emptied_from_the_cli(tmp_path):
+    "`notelab rag cache` lists what the model store keeps, `--clear` empties it; a wrong --name is refused whole."
+    import numpy as np
+
+    from notelab.embed import VectorCache
+
+    env = {**os.environ, "NOTELAB_MODELS_STORE": str(tmp_path / "store")}  # its own store: others' caches stay
+    assert json.loads(run("rag", "cache", "--json", env=env).stdout) == []
+    VectorCache(tmp_path / "store" / ".embeddings" / "m-1-float32.sqlite", dim=2).put(
+        [b"a", b"b", b"c"], np.ones((3, 2), np.float32))
+    (row,) = json.loads(run("rag", "cache", "--json", env=env).stdout)
+    assert (row["name"], row["vectors"]) == ("m-1-float32", 3) and row["mb"] >= 0
+    assert "embedding caches" in run("rag", "cache", env=env).stdout
+    r = run("rag", "cache", "--clear", "--name", "m-1", env=env)
+    assert r.returncode == 1 and "no embedding cache named 'm-1' (caches: m-1-float32)" in r.stderr
+    assert json.loads(run("rag", "cache", "--json", env=env).stdout)[0]["vectors"] == 3  # nothing emptied
+    assert json.loads(run("rag", "cache", "--clear", "--json", env=env).stdout) == {"cleared": 3}
+    assert json.loads(run("rag", "cache", "--json", env=env).stdout)[0]["vectors"] == 0
+
+
 def test_an_ingest_cut_short_leaves_whole_files_and_the_next_one_finishes(docs, monkeypatch):
     "An ingest writes as it goes (a batch of files per commit): stopped half-way, it leaves whole files behind."
     import notelab.rag as rag

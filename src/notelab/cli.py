@@ -24,9 +24,9 @@ from .core import NotelabError, use_progress
 __all__ = ['app', 'models_app', 'worker_app', 'out', 'err', 'rag_app', 'runs_app', 'agents_app', 'settings_cmd', 'models_pull',
            'models_add', 'models_ls', 'models_rm', 'worker_up', 'worker_ls', 'worker_logs_cmd', 'worker_scale',
            'worker_update', 'worker_rollback', 'worker_history_cmd', 'worker_down', 'worker_env', 'rag_ingest',
-           'rag_ls', 'rag_rm', 'rag_drop', 'rag_search', 'rag_ask', 'rag_eval', 'rag_corpus', 'chat', 'run_cmd',
-           'sweep_cmd', 'compare_cmd', 'runs_ls', 'runs_show', 'runs_cancel', 'runs_logs', 'agents_check', 'agents_run',
-           'lab_extension_path', 'lab_cmd', 'main']
+           'rag_ls', 'rag_rm', 'rag_drop', 'rag_search', 'rag_ask', 'rag_eval', 'rag_corpus', 'rag_cache', 'chat',
+           'run_cmd', 'sweep_cmd', 'compare_cmd', 'runs_ls', 'runs_show', 'runs_cancel', 'runs_logs', 'agents_check',
+           'agents_run', 'lab_extension_path', 'lab_cmd', 'main']
 
 # %% ../../nbs/06_cli.ipynb #ec54a04e
 app = typer.Typer(help="notelab: vLLM workers, agents, RAG and tracked experiments for notebooks.",
@@ -496,6 +496,23 @@ def rag_corpus(name: str = typer.Argument("pydoc", help="pydoc (the language ref
         raise NotelabError(str(e)) from None
     out.print(f"documents: {folder}\nquestions: {qa}")
     out.print(f"try: notelab rag ingest {folder} --kb {name} && notelab rag eval --kb {name} --qa {qa}")
+
+
+@rag_app.command("cache")
+def rag_cache(clear: bool = typer.Option(False, "--clear", help="Empty them (all, or the one --name gives)."),
+              name: Optional[str] = typer.Option(None, "--name", help="One cache, by the name the list shows."),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    "The embedding caches (vectors kept by text: a corpus ingested again is not embedded again): list, or empty."
+    from notelab.embed import clear_embed_caches, embed_caches
+
+    if clear:
+        n = clear_embed_caches(name)
+        return _json({"cleared": n}) if as_json else out.print(f"emptied: {n} vectors forgotten")
+    rows = embed_caches(name)
+    if as_json:
+        return _json(rows)
+    _table("embedding caches", ["name", "vectors", "MB", "path"],
+           [[r["name"], r["vectors"], r["mb"], r["path"]] for r in rows])
 
 # %% ../../nbs/06_cli.ipynb #bd3ebdcd
 @app.command("chat")

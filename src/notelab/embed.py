@@ -22,8 +22,9 @@ from .core import NotelabError, native_bf16
 from .settings import settings
 
 # %% auto #0
-__all__ = ['PAD_TO', 'ONNX_MOST', 'EMBEDDERS', 'EmbedderError', 'Embedder', 'text_key', 'VectorCache', 'embed_dtype',
-           'query_runtime', 'MiniLM', 'WorkerEmbedder', 'register_embedder', 'get_embedder']
+__all__ = ['PAD_TO', 'ONNX_MOST', 'EMBEDDERS', 'EmbedderError', 'Embedder', 'text_key', 'VectorCache', 'embed_caches',
+           'clear_embed_caches', 'embed_dtype', 'query_runtime', 'MiniLM', 'WorkerEmbedder', 'register_embedder',
+           'get_embedder']
 
 # %% ../../nbs/08_embed.ipynb #446ae86c
 class EmbedderError(NotelabError):
@@ -152,8 +153,42 @@ class VectorCache:
         except (sqlite3.Error, OSError):
             return 0
 
+    def clear(self) -> int:
+        "Forget every kept vector, and give the file's space back; how many went. Processes using it go on."
+        try:
+            db = self._db()
+            n = db.execute("DELETE FROM vectors").rowcount  # a transaction of its own: a reader sees all or none
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (sqlite3.Error, OSError) as e:
+            raise EmbedderError(f"the embedding cache {self.path} cannot be emptied ({type(e).__name__}: {e}); "
+                                "check the file's permissions, or delete it while nothing ingests") from None
+        return n
+
     def __repr__(self):
         return f"VectorCache({str(self.path)!r}, dim={self.dim})"
+
+# %% ../../nbs/08_embed.ipynb #05763b61
+def embed_caches(name: str | None = None) -> list[dict]:
+    "The model store's embedding caches (`<store>/.embeddings/`), or the one `name`d: name, vectors, MB, path each."
+    from notelab.models import store_dir
+
+    files = sorted((store_dir() / ".embeddings").glob("*.sqlite"))
+    if name is not None and name not in (have := [p.stem for p in files]):
+        raise EmbedderError(f"no embedding cache named {name!r} (caches: {', '.join(have) or 'none'}); "
+                            "`notelab rag cache` lists them")
+    rows = []
+    for p in files:
+        if name in (None, p.stem):
+            size = sum(f.stat().st_size for f in (p, p.with_name(p.name + "-wal")) if f.exists())  # with its log
+            rows.append({"name": p.stem, "vectors": len(VectorCache(p, dim=0)), "mb": round(size / 2**20, 1),
+                         "path": str(p)})
+    return rows
+
+
+def clear_embed_caches(name: str | None = None) -> int:
+    "Empty the model store's embedding caches, or the one `name`d (as `embed_caches` lists it); vectors forgotten."
+    return sum(VectorCache(c["path"], dim=0).clear() for c in embed_caches(name))
 
 # %% ../../nbs/08_embed.ipynb #22c5f0e6
 _LOAD = threading.Lock()
