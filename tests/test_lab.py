@@ -33,6 +33,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 BASE = "/lab%40notelab/"  # a base URL that needs escaping: everything must work under it
+# the current notebook's session holds a kernel that is connected and idle (what a Run All needs to send its cells)
+KERNEL_CONNECTED = """() => {
+  const k = window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel;
+  return !!k && k.connectionStatus === 'connected' && k.status === 'idle';
+}"""
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +82,8 @@ def lab(tmp_path_factory):
     token = secrets.token_hex(16)
     log = open(root.parent / "lab.log", "wb")
     proc = subprocess.Popen([str(BIN / "notelab"), "lab", "--port", str(port), "--root", str(root), "--",
-                             f"--ServerApp.token={token}", f"--ServerApp.base_url={BASE}", "--ServerApp.ip=127.0.0.1"],
+                             f"--ServerApp.token={token}", f"--ServerApp.base_url={BASE}", "--ServerApp.ip=127.0.0.1",
+                             "--LabApp.expose_app_in_browser=True"],  # window.jupyterapp, for KERNEL_CONNECTED
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     url = f"http://127.0.0.1:{port}{BASE}"
@@ -283,19 +289,15 @@ def test_widgets_render_and_work_in_a_lab_notebook(page, lab, shared):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, lab.root / "widgets.ipynb")
     page.locator(".jp-DirListing-item", has_text="widgets.ipynb").dblclick()
-    # the kernel is up when the status bar says so (the toolbar's indicator reads idle before it connects)
-    page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"Python 3 \(ipykernel\) \| Idle")).wait_for(timeout=90_000)
+    # A Run All before the notebook's own kernel connection is up runs nothing: JupyterLab clears a cell it cannot
+    # send (no kernel on the session yet) without a word, and the status bar reads idle before that (a busy machine
+    # hit it). So wait for the panel's session to hold a connected, idle kernel (the lab exposes its app to tests).
+    page.wait_for_function(KERNEL_CONNECTED, timeout=90_000)
+    page.locator(".jp-NotebookPanel .jp-Cell").first.click()
+    page.locator(".lm-MenuBar-item", has_text="Run").click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
     first_prompt = page.locator(".jp-NotebookPanel .jp-Cell .jp-InputPrompt").first
-    for _ in range(3):  # on a busy machine a Run All can land before the notebook takes commands; try again
-        page.locator(".jp-NotebookPanel .jp-Cell").first.click()
-        page.locator(".lm-MenuBar-item", has_text="Run").click()
-        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-        try:
-            page.wait_for_function("p => /\\[(\\*|\\d+)\\]/.test(p.textContent)", arg=first_prompt.element_handle(),
-                                   timeout=10_000)
-            break
-        except Exception:
-            continue
+    page.wait_for_function("p => /\\[(\\*|\\d+)\\]/.test(p.textContent)", arg=first_prompt.element_handle())
 
     picker = page.locator(".jp-OutputArea-output .widget-vbox", has=page.locator(".widget-dropdown")).first
     picker.locator("select option", has_text=f"{shared} · ready").first.wait_for(state="attached", timeout=120_000)
