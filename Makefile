@@ -19,6 +19,7 @@ NL := $(VENV)/bin/notelab
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 ENGINE ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo gpu || echo cpu)
 STAMP := $(VENV)/.notelab-setup-$(ENGINE)
+UV_VERSION := 0.13.10
 # this machine's pip config names local indexes that may be absent; their warnings are noise
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
@@ -69,15 +70,21 @@ browser:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
 	@chromium --version
 
-$(STAMP): envs/cpu.txt envs/gpu.txt envs/dev.txt pyproject.toml jupyter-config/notelab.json
+$(STAMP): envs/cpu.txt envs/gpu.txt envs/dev.txt envs/uv_env.py pyproject.toml jupyter-config/notelab.json
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip $(QUIET)
 ifeq ($(ENGINE),gpu)
 	$(PY) -m pip install -q -r envs/gpu.txt $(QUIET)
-else
-	$(PY) -m pip install -q --no-deps -r envs/cpu.txt $(QUIET)
-endif
 	$(PY) -m pip install -q --no-deps -r envs/dev.txt $(QUIET)
+else
+	@# uv installs the same pinned wheels from the same places (envs/uv_env.py hands it pip's configuration),
+	@# unpacking and compiling them on every core: pip took 4:42 of a fresh clone's set-up here. No uv, no matter:
+	@# pip does it
+	@$(PY) -m pip install -q uv==$(UV_VERSION) $(QUIET) || true
+	if [ -x $(VENV)/bin/uv ]; then eval "$$($(PY) envs/uv_env.py)" && $(VENV)/bin/uv pip install -q --python $(PY) \
+	  --no-deps --compile-bytecode -r envs/cpu.txt -r envs/dev.txt; \
+	else $(PY) -m pip install -q --no-deps -r envs/cpu.txt -r envs/dev.txt $(QUIET); fi
+endif
 	@# the build backend's lab-extension hook is skipped here: the rule below builds lab_ext/ itself
 	SKIP_JUPYTER_BUILDER=1 $(PY) -m pip install -q --no-deps --no-build-isolation -e . $(QUIET)
 	@# an editable install skips data files: enable the server extension (REST API) as a wheel install would
