@@ -158,11 +158,14 @@ class VectorCache:
         try:
             db = self._db()
             n = db.execute("DELETE FROM vectors").rowcount  # a transaction of its own: a reader sees all or none
-            db.execute("VACUUM")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except (sqlite3.Error, OSError) as e:
             raise EmbedderError(f"the embedding cache {self.path} cannot be emptied ({type(e).__name__}: {e}); "
                                 "check the file's permissions, or delete it while nothing ingests") from None
+        try:  # the file's space back; a reader that holds it past the timeout keeps it until the next clear
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
         return n
 
     def __repr__(self):
