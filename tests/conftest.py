@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NOTELAB_LAB_DATA_DIR", str(ROOT / ".notelab-test"))
 os.environ.setdefault("NOTELAB_MODELS_STORE", str(ROOT / ".notelab" / "models"))
 os.environ.setdefault("NOTELAB_PROGRESS", "none")
-# knowledge bases of a run live in a fresh folder: a failed test cannot leave one behind for the next run
-os.environ.setdefault("NOTELAB_RAG_KB_DIR", tempfile.mkdtemp(prefix="notelab-test-kb-"))
+# knowledge bases of a run live in a fresh folder, removed when the run ends: a failed test cannot leave one
+# behind for the next run
+_KB_DIR = None if "NOTELAB_RAG_KB_DIR" in os.environ else tempfile.mkdtemp(prefix="notelab-test-kb-")
+os.environ.setdefault("NOTELAB_RAG_KB_DIR", _KB_DIR or "")
 # a replica is ~3 GB besides its KV cache; 1 GiB of cache (~55k tokens) is plenty for tests, and keeps the
 # shared pair, one test's own worker and a failing start inside 24 GB
 os.environ.setdefault("NOTELAB_WORKERS_CPU_KVCACHE_GIB", "1")
@@ -142,6 +144,8 @@ def pytest_sessionfinish(session, exitstatus):
 
         stop_all(timeout=10)
         _started.clear()
+    if _KB_DIR:
+        shutil.rmtree(_KB_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

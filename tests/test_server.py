@@ -588,6 +588,7 @@ async def test_a_killed_replica_loses_no_request_through_the_lab_or_connect(jp_f
     assert code == 200 and next(x for x in ws if x["name"] == shared)["state"] == "degraded"
     w = await scaling
     assert w.state == "ready" and len(w.replicas) == 2 and victim.pid not in {x.pid for x in w.replicas}
+    assert victim.tmp_dir and not Path(victim.tmp_dir).exists()  # the killed replica's temporary files went with it
 
 
 @pytest.mark.worker

@@ -186,6 +186,8 @@ def test_lifecycle_on_a_given_port_and_down_leaves_no_process():
         pid = w["replicas"][0]["pid"]
         family = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
         assert len(family) >= 2  # the API server and its engine core
+        tmp = Path(w["replicas"][0]["tmp_dir"])  # vLLM's IPC sockets: in a folder of the replica's, not loose in /tmp
+        assert tmp.is_dir() and any(p.is_socket() for p in tmp.iterdir())
         log = "\n".join(worker_logs("life", lines=400))
         assert "--max-num-seqs 4" in log and "Application startup complete" in log
         assert "the engine core and its worker start by fork" in log  # notelab's vLLM platform plugin ([workers] cpu_fork)
@@ -208,6 +210,7 @@ def test_lifecycle_on_a_given_port_and_down_leaves_no_process():
         assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in family)
         assert "life" not in names()
         assert not (Path(os.environ["NOTELAB_LAB_DATA_DIR"]) / "workers" / "life").exists()
+        assert not tmp.exists()
     finally:
         if "life" in names():
             stop_worker("life")

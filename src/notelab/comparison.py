@@ -34,9 +34,10 @@ def examples_of(run_ref: str, name: str | None = None) -> pd.DataFrame:
             raise ExperimentError(f"run {run_ref} has no examples table {name or 'examples'!r}; it has "
                                   f"{', '.join(Path(f).stem for f in files)}")
         pick = files[0]
-    local = mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path=pick,
-                                                tracking_uri=tracking_uri(), dst_path=tempfile.mkdtemp())
-    return pd.read_json(local, orient="records", lines=True)
+    with tempfile.TemporaryDirectory(prefix="notelab-examples-") as d:  # read, then gone
+        local = mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path=pick,
+                                                    tracking_uri=tracking_uri(), dst_path=d)
+        return pd.read_json(local, orient="records", lines=True)
 
 
 @dataclass

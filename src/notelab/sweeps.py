@@ -228,10 +228,10 @@ def coordinate(plan: Mapping, *, show_progress: bool = False) -> Sweep:
         c = client()
         if _cancel_requested(parent):
             status, error = "KILLED", client().get_run(parent).data.tags[CANCEL]
-        with writing():
-            f = Path(tempfile.mkdtemp()) / "summary.csv"
+        with writing(), tempfile.TemporaryDirectory(prefix="notelab-sweep-") as d:
+            f = Path(d) / "summary.csv"
             table.to_csv(f, index=False)
-            c.log_artifact(parent, str(f))
+            c.log_artifact(parent, str(f))  # copied into the run's artifacts: the file itself goes
             ok = table[table["status"] == "FINISHED"] if len(table) else table
             if metric and metric in ok and ok[metric].notna().any():
                 c.log_metric(parent, f"best_{metric}", float(ok[metric].iloc[0]))

@@ -45,15 +45,21 @@ class scratch_settings:
 
         # the models stay where they are (converting the default model takes minutes), unless asked otherwise
         store = tempfile.mkdtemp(prefix="notelab-scratch-models-") if models else str(settings().model_store)
-        env = {"NOTELAB_LAB_DATA_DIR": tempfile.mkdtemp(prefix="notelab-scratch-"), "NOTELAB_MODELS_STORE": store}
+        data = tempfile.mkdtemp(prefix="notelab-scratch-")
+        self._made = [data, store] if models else [data]  # removed by `close`, even where `values` name others
+        env = {"NOTELAB_LAB_DATA_DIR": data, "NOTELAB_MODELS_STORE": store}
         env.update({f"NOTELAB_{k.upper()}": str(v) for k, v in values.items()})
         self._patch = patch.dict(os.environ, env)
         self._patch.start()
         self.data_dir = env["NOTELAB_LAB_DATA_DIR"]
 
     def close(self) -> None:
-        "Put the environment back as it was."
+        "Put the environment back as it was, and remove the folders made for it."
+        import shutil
+
         self._patch.stop()
+        for d in self._made:
+            shutil.rmtree(d, ignore_errors=True)
 
     def __enter__(self):
         return self

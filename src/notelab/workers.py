@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -53,6 +54,7 @@ class Replica:
     model: str = ""  # the model version it serves (name@version); during a rollout replicas differ
     draining: bool = False  # being replaced: routers send it nothing new, it finishes what it has, then stops
     since_boot: float | None = None  # its start in seconds since boot: compared, as a clock step moves `started`
+    tmp_dir: str = ""  # its processes' temporary folder (IPC sockets and the like), removed when it stops (`_spawn`)
 
     @property
     def base_url(self) -> str:
@@ -272,18 +274,24 @@ def _spawn(w: Worker, index: int, slot: int, port: int, gpus: tuple[int, ...], r
     launch = replica_launch(eng, model_path=spec["model_path"], served_names=spec["served_names"], port=port,
                             api_key=key, extra=spec["extra_args"], gpus=gpus, index=slot, replicas=replicas)
     log = _root() / w.name / f"replica-{index}.log"
-    with private_log(log) as f:
-        f.write(f"notelab: starting replica {index} of {w.name} on port {port}: {' '.join(launch.argv)}\n".encode())
-        f.flush()
-        p = subprocess.Popen(launch.argv, env=launch.env, stdout=f, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True, cwd=log.parent)
+    tmp = tempfile.mkdtemp(prefix=f"notelab-{port}-")  # private (0700); see above
+    try:
+        with private_log(log) as f:
+            f.write(f"notelab: starting replica {index} of {w.name} on port {port}: {' '.join(launch.argv)}\n".encode())
+            f.flush()
+            env = {**launch.env, "TMPDIR": tmp, "VLLM_RPC_BASE_PATH": tmp}
+            p = subprocess.Popen(launch.argv, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, cwd=log.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _CHILDREN[p.pid] = p
     try:
         ref = ProcessRef.of(p.pid)
     except psutil.Error:  # exited at once; keep a start time that matches nothing
         ref = ProcessRef(p.pid, 0.0, since_boot=-1.0)
     return Replica(index, settings().workers.host, port, p.pid, ref.started, key, str(log), list(gpus), slot,
-                   model=spec["model"], since_boot=ref.since_boot)
+                   model=spec["model"], since_boot=ref.since_boot, tmp_dir=tmp)
 
 
 def _spec(w: Worker) -> dict:
@@ -331,6 +339,8 @@ def _stop(replicas: list[Replica], timeout: float | None = None) -> None:
                 c.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        if r.tmp_dir:  # its sockets and files: no process of it is left to use them
+            shutil.rmtree(r.tmp_dir, ignore_errors=True)
 
 # %% ../../nbs/04_workers.ipynb #ffc0f35d
 def _last_line(path: str, width: int = 70) -> str:
