@@ -70,6 +70,11 @@ def _alone(item) -> bool:
     return _starts_vllm(item) and item.get_closest_marker("no_extra_replica") is None
 
 
+def _reads_pydoc(item) -> bool:
+    "A test of the shipped pydoc knowledge base (`pydoc_kb`), or a notebook (the experiments ingest it themselves)."
+    return "pydoc_kb" in getattr(item, "fixturenames", ()) or str(item.path).endswith(".ipynb")
+
+
 def _heavy(item) -> bool:
     return _needs_worker(item) or _starts_vllm(item) or item.get_closest_marker("vllm_processes") is not None
 
@@ -93,6 +98,11 @@ def pytest_collection_modifyitems(session, config, items):
     if part != "all":
         keep = [i for i in items if _heavy(i) == (part == "heavy")]
         config.hook.pytest_deselected(items=[i for i in items if _heavy(i) != (part == "heavy")])
+        # The shipped pydoc corpus is embedded once per run (~900 chunks, minutes on two cores), by the first part
+        # to ingest it; the other reads the vectors back from the model store's cache. The light part, which ends
+        # minutes before the heavy one, goes first with its tests that read it, while the heavy part starts its
+        # worker; the heavy part runs its tests and notebooks that read it last (the order within each group kept).
+        keep.sort(key=lambda i: _reads_pydoc(i) == (part == "heavy"))
         items[:] = keep
 
 
