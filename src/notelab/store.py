@@ -70,7 +70,16 @@ def client():
 
     for name in ("mlflow", "alembic"):  # mlflow sets its own level on import
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=tracking_uri())
+    uri = tracking_uri()
+    if not is_local_store() or uri in _OPENED:
+        return MlflowClient(tracking_uri=uri)
+    with FileLock(str(settings().data_dir / "mlflow" / ".open.lock"), timeout=300):  # see below
+        c = MlflowClient(tracking_uri=uri)  # opens the store: creates or upgrades its tables where needed
+    _OPENED.add(uri)
+    return c
+
+
+_OPENED: set[str] = set()  # local stores this process has opened (MLflow keeps them open)
 
 # %% ../../nbs/14c_store.ipynb #59fdae9a
 def experiment_id(name: str, mlflow_client=None) -> str:
