@@ -83,6 +83,9 @@ def _reap_kernel(run_id: str) -> None:
     _reap_kernel_in(run_folder(run_id))
 
 
+_KERNEL_FILE = "kernel-connection.json"  # in a run's folder while its kernel runs
+
+
 def _reap_kernel_in(folder: Path) -> None:
     try:
         d = json.loads((folder / "kernel.json").read_text())
@@ -90,6 +93,7 @@ def _reap_kernel_in(folder: Path) -> None:
         return
     if (p := ProcessRef.from_dict(d).process()) is not None:
         kill_tree(p)
+    (folder / _KERNEL_FILE).unlink(missing_ok=True)  # what a shut-down kernel's manager removes itself
 
 
 def _died(code: int | None, ref: ProcessRef | None) -> str:
@@ -314,7 +318,9 @@ def _start_kernel(spec: Mapping, folder: Path, env: Mapping[str, str], *, await_
         raise RunCancelled("cancelled before its kernel started")
     name = _kernel_name(spec)
     extra = _quiet_ipykernel(name) + ([f"--IPKernelApp.exec_lines={_AWAIT_RUN}"] if await_run else [])
-    km = AsyncKernelManager(kernel_name=name)
+    # its connection file (ports and key) in the run's folder: jupyter_client's default is a file in /tmp, left
+    # there whenever the executor is killed before it shuts the kernel down
+    km = AsyncKernelManager(kernel_name=name, connection_file=str(folder / _KERNEL_FILE))
     run_sync(km.start_kernel)(extra_arguments=extra, cwd=str(Path(spec["notebook"]).parent), env={**os.environ, **env})
     ref = ProcessRef.of(km.provisioner.pid)
     atomic_write(folder / "kernel.json", json.dumps(ref.as_dict()))
@@ -544,6 +550,9 @@ def run(notebook: str | Path, params: Mapping[str, Any] | Callable[[], Mapping[s
              "output": str(Path(output).expanduser().resolve() if output else folder / nb.name)}
     with ThreadPoolExecutor(1, thread_name_prefix="create-run") as pool:
         creating = pool.submit(create)
+        # a run that cannot be created: its kernel, which waits for the run's id before it talks to MLflow, goes at
+        # once (papermill stops), and the error is the creation's
+        creating.add_done_callback(lambda f: _reap_kernel_in(folder) if f.exception() is not None else None)
         try:
             return execute(known, show_progress=show_progress, raise_on_failure=raise_on_failure,
                            dedicated=dedicated, km=km, creating=creating)
