@@ -205,9 +205,14 @@ def test_rag_eval_on_the_held_out_corpus_with_fusion_parameters(experiment):
 @pytest.mark.worker
 def test_prompt_ab_notebooks_compare(shared, experiment):
     ids = []
-    for prompt in ("plain", "concise"):
-        d = as_json(notelab("run", PROMPT_AB, "-p", "worker", shared, "-p", "prompt", prompt, "-p", "n_questions",
-                            "4", "-p", "k", "1", "-p", "max_tokens", "24", "--experiment", experiment, "--json"))
+    # the two arms at once, as a researcher would start them: the worker's two replicas answer both
+    arms = [subprocess.Popen([NOTELAB, "run", PROMPT_AB, "-p", "worker", shared, "-p", "prompt", prompt, "-p",
+                              "n_questions", "4", "-p", "k", "1", "-p", "max_tokens", "24", "--experiment", experiment,
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for prompt in ("plain", "concise")]
+    for arm in arms:
+        out, err = arm.communicate()
+        d = as_json(subprocess.CompletedProcess(arm.args, arm.returncode, out, err))
         assert d["status"] == "FINISHED", d["error"]
         ids.append(d["run_id"])
     d = as_json(notelab("compare", *ids, "--metric", "token_f1", "--json"))
