@@ -561,9 +561,10 @@ def check_generation(body: bytes) -> None:
 # %% ../../nbs/17_server.ipynb #4e736058
 def mlflow_proxy() -> dict:
     "jupyter-server-proxy's description of the MLflow UI on notelab's tracking store."
-    from notelab.store import tracking_uri
+    from notelab.store import client, tracking_uri
 
     def command(port, base_url):
+        client()  # a new store gets its tables here, under the store's lock, not in the server beside a run
         return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(),
                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                 "--static-prefix", base_url.rstrip("/") + "/mlflow"]
