@@ -31,7 +31,8 @@ os.environ.setdefault("NOTELAB_PROGRESS", "none")
 # knowledge bases of a run live in a fresh folder, removed when the run ends: a failed test cannot leave one
 # behind for the next run
 _KB_DIR = None if "NOTELAB_RAG_KB_DIR" in os.environ else tempfile.mkdtemp(prefix="notelab-test-kb-")
-os.environ.setdefault("NOTELAB_RAG_KB_DIR", _KB_DIR or "")
+if _KB_DIR:
+    os.environ["NOTELAB_RAG_KB_DIR"] = _KB_DIR
 # a replica is ~3 GB besides its KV cache; 1 GiB of cache (~55k tokens) is plenty for tests, and keeps the
 # shared pair, one test's own worker and a failing start inside 24 GB
 os.environ.setdefault("NOTELAB_WORKERS_CPU_KVCACHE_GIB", "1")

@@ -210,11 +210,17 @@ def test_prompt_ab_notebooks_compare(shared, experiment):
                               "n_questions", "4", "-p", "k", "1", "-p", "max_tokens", "24", "--experiment", experiment,
                               "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for prompt in ("plain", "concise")]
-    for arm in arms:
-        out, err = arm.communicate()
-        d = as_json(subprocess.CompletedProcess(arm.args, arm.returncode, out, err))
-        assert d["status"] == "FINISHED", d["error"]
-        ids.append(d["run_id"])
+    try:
+        for arm in arms:
+            out, err = arm.communicate()
+            d = as_json(subprocess.CompletedProcess(arm.args, arm.returncode, out, err))
+            assert d["status"] == "FINISHED", d["error"]
+            ids.append(d["run_id"])
+    finally:  # one arm failed: the other is cancelled (SIGTERM ends its run KILLED), not left running
+        for arm in arms:
+            if arm.poll() is None:
+                arm.terminate()
+                arm.wait(60)
     d = as_json(notelab("compare", *ids, "--metric", "token_f1", "--json"))
     assert d["n"] == 4 and 0 <= d["p_value"] <= 1 and d["ci"][0] <= d["delta"] <= d["ci"][1]
     r = notelab("run", PROMPT_AB, "-p", "prompt", "pirate", "-p", "worker", shared, "--experiment", experiment)
