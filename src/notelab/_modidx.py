@@ -548,6 +548,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'notelab.rag.KnowledgeBase': ('rag.html#knowledgebase', 'notelab/rag.py'),
                              'notelab.rag.KnowledgeBase.__init__': ('rag.html#knowledgebase.__init__', 'notelab/rag.py'),
                              'notelab.rag.KnowledgeBase._check_embedder': ('rag.html#knowledgebase._check_embedder', 'notelab/rag.py'),
+                             'notelab.rag.KnowledgeBase._dataset': ('rag.html#knowledgebase._dataset', 'notelab/rag.py'),
                              'notelab.rag.KnowledgeBase._lock': ('rag.html#knowledgebase._lock', 'notelab/rag.py'),
                              'notelab.rag.KnowledgeBase._per_source': ('rag.html#knowledgebase._per_source', 'notelab/rag.py'),
                              'notelab.rag.KnowledgeBase.ask': ('rag.html#knowledgebase.ask', 'notelab/rag.py'),
