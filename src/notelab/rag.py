@@ -226,8 +226,9 @@ class KnowledgeBase:
     def prewarm(self) -> int:
         """Load this KB's indices (vector and full-text) into this process's cache, so that the first searches do
         not read them partition by partition: for a long-lived process (the lab, a notebook) that will search a
-        large KB. At a million chunks it took ~1 s and ~450 MB, and a first vector search was ~1.5x as slow
-        without it. Returns the bytes the cache holds."""
+        large KB. At a million chunks it took 1.0 s and 453 MB, and searches that each probed partitions not
+        read before took 1.1-1.5x as long without it (`bench/rag.py --index-only`). Returns the bytes the cache
+        holds."""
         tbl = self.table
         ds = self._dataset(tbl, tbl.version)
         for ix in ds.describe_indices():
