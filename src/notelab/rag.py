@@ -206,8 +206,8 @@ class KnowledgeBase:
         self._changed = changed
         return self._tbl
 
-    def _dataset(self, tbl, version: int):
-        """`tbl` at `version` as a Lance dataset, which searches query directly: each query through LanceDB's own
+    def _dataset(self, version: int):
+        """The chunks table at `version` as a Lance dataset, which searches query directly: each query through LanceDB's own
         table is several round trips to its event loop thread (3-5 ms of a search leg at a million chunks, more on
         a busy machine). Every dataset of this process shares one Lance session, and so its caches of index
         partitions and file metadata: a KB opened anew for each search (the lab, an agent's every answer) searches
@@ -229,8 +229,7 @@ class KnowledgeBase:
         large KB. At a million chunks it took 1.0 s and 453 MB, and searches that each probed partitions not
         read before took 1.1-1.5x as long without it (`bench/rag.py --index-only`). Returns the bytes the cache
         holds."""
-        tbl = self.table
-        ds = self._dataset(tbl, tbl.version)
+        ds = self._dataset(self.table.version)
         for ix in ds.describe_indices():
             ds.prewarm_index(ix.name)
         return ds.session().index_cache_size_bytes()
@@ -640,7 +639,7 @@ def _search(kb: KnowledgeBase, query: str, *, k: int, mode: str, where: str | No
     # them for 2 x 40 candidates cost more than both searches)
     depth, cols = (max(4 * k, 40), ["id", "source"]) if hybrid else (k, _HIT_COLUMNS)
 
-    ds = kb._dataset(tbl, version)
+    ds = kb._dataset(version)
 
     def run(score: str, **query):
         return ds.to_table(columns=cols if hybrid else [*cols, score], filter=where, prefilter=where is not None,
