@@ -113,10 +113,23 @@ SETTLE_S = 1.0
 
 
 _SESSION: dict[int, object] = {}  # pid -> the Lance session (caches) that this process's searches share
+_LANCE_PID: list[int] = []  # the process that opened a knowledge base (Lance works there, not in a child forked from it)
+
+
+def _lance_here(kb: str) -> None:
+    "Lance is about to work in this process: refused in a child forked from a process where it worked."
+    if _LANCE_PID and _LANCE_PID[0] != os.getpid():
+        raise RagError(
+            f"knowledge base {kb!r}: this process ({os.getpid()}) was forked from one ({_LANCE_PID[0]}) that had "
+            "opened a knowledge base, and Lance's threads do not survive fork() (searches in such children hung or "
+            "crashed). Open knowledge bases in processes started with the 'spawn' or 'forkserver' method "
+            "(multiprocessing.get_context('spawn')), or fork before the first one is opened")
+    if not _LANCE_PID:
+        _LANCE_PID.append(os.getpid())
 
 
 def _lance_session():
-    "This process's Lance session (a forked child makes its own: locks held in the parent at the fork stay held)."
+    "This process's Lance session."
     if os.getpid() not in _SESSION:
         import lance
 
@@ -130,7 +143,7 @@ class KnowledgeBase:
 
     def __init__(self, name: str, path: Path, meta: dict):
         self.name, self.path, self.meta = name, path, meta
-        self._db = self._tbl = self._changed = self._ds = self._ds_pid = None
+        self._db = self._tbl = self._changed = self._ds = None
 
     # -- opening and creating ------------------------------------------------------------------------------
     @staticmethod
@@ -181,6 +194,7 @@ class KnowledgeBase:
                                 ("stem", pa.string()), ("heading", pa.string()), ("text", pa.string()),
                                 ("search_text", pa.string()), ("loc", pa.string()), ("chunk", pa.int32()),
                                 ("file_hash", pa.string()), ("vector", pa.list_(pa.float32(), emb.dim))])
+            _lance_here(name)
             lancedb.connect(str(path / "db")).create_table("chunks", schema=schema)
             spec = embedder if isinstance(embedder, str) else cfg.embedder if embedder is None else emb.id
             meta = {"name": name, "embedder": emb.id, "embedder_spec": spec, "dim": emb.dim,
@@ -192,6 +206,7 @@ class KnowledgeBase:
     @property
     def table(self):
         "The chunks table at its latest version (another process's or instance's writes included)."
+        _lance_here(self.name)
         try:  # a commit adds a manifest to this folder (see "A table's latest version" below)
             changed = (self.path / "db" / "chunks.lance" / "_versions").stat().st_mtime_ns
         except OSError:
@@ -213,14 +228,15 @@ class KnowledgeBase:
         partitions and file metadata: a KB opened anew for each search (the lab, an agent's every answer) searches
         as warm as one kept open. (Cached data is named by file, and every index and data file of a table has a
         name of its own, so a KB dropped and made again under the same name never reads the old one's.)"""
+        _lance_here(self.name)
         ds = self._ds
-        if ds is None or self._ds_pid != os.getpid():  # a forked child opens its own, with its own session
+        if ds is None:
             import lance
 
             ds = lance.dataset(str(self.path / "db" / "chunks.lance"), version=version, session=_lance_session())
         elif ds.version != version:
             ds = ds.checkout_version(version)
-        self._ds, self._ds_pid = ds, os.getpid()
+        self._ds = ds
         return ds
 
     def prewarm(self) -> int:
@@ -605,13 +621,7 @@ def fuse(rankings: Sequence[pd.DataFrame], sizes: dict[str, int], *, k: int | No
 # format (2.2) stores as a constant page, and taking a row from a constant page decodes all of it (4-7 ms per
 # search at a million chunks in one fragment, more than the vector search itself)
 _HIT_COLUMNS = ["id", "source", "stem", "heading", "text", "loc", "chunk"]
-def _new_legs():  # threads do not survive fork(): a forked child gets a pool of its own (LanceDB resets its own too)
-    global _LEGS
-    _LEGS = ThreadPoolExecutor(4, thread_name_prefix="notelab-fts")  # the full-text leg of hybrid searches
-
-
-_new_legs()
-os.register_at_fork(after_in_child=_new_legs)
+_LEGS = ThreadPoolExecutor(4, thread_name_prefix="notelab-fts")  # the full-text leg of hybrid searches
 
 
 def _index_kind(kb: KnowledgeBase, tbl, version: int | None = None) -> str | None:
