@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +65,11 @@ def main() -> int:
     os.environ["IN_TEST"] = "1"
     import chapters  # `one` by an importable name: a chapter's shell replaces `__main__` in the worker
 
-    with ProcessPoolExecutor(a.workers) as pool:
-        results = list(pool.map(chapters.one, files))
+    results = []
+    with ProcessPoolExecutor(a.workers) as pool:  # each chapter as it ends: a run that hangs shows which did not
+        for done in as_completed([pool.submit(chapters.one, f) for f in files]):
+            results.append(done.result())
+            print(f"ended {results[-1][2]:6.1f} s  {results[-1][0]}", flush=True)
     bad = 0
     for name, ok, secs, leaked in sorted(results, key=lambda r: -r[2]):
         flag = "ok" if ok and not leaked else "FAILED" if not ok else "LEAKED"
