@@ -143,13 +143,63 @@ def _turn(item, part: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _worker_tokens() -> dict:
+    """(replica pid, start) -> [prompt, generated] tokens each replica of the shared worker has counted (vLLM's
+    /metrics). What a test costs the worker, the same on any host: on one without AVX-512 decoding is several times
+    slower, and the tests that make the worker write most are where the suite's time goes there."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from notelab.workers import get_worker
+
+    out = {}
+    try:
+        replicas = get_worker(SHARED, probe=False).replicas
+    except Exception:  # noqa: BLE001 - a test that stopped or broke the worker: nothing to count, nothing to fail
+        return out
+    for r in replicas:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{r.port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            continue
+        n = {f.name: sum(x.value for x in f.samples if x.name.endswith("_total")) for f in
+             text_string_to_metric_families(text) if f.name in ("vllm:prompt_tokens", "vllm:generation_tokens")}
+        out[(r.pid, r.started)] = [n.get("vllm:prompt_tokens", 0), n.get("vllm:generation_tokens", 0)]
+    return out
+
+
+_TOKENS: list[tuple[str, float, float, float]] = []  # test, prompt tokens, generated tokens, seconds
+
+
+@contextmanager
+def _count_tokens(item):
+    "Count what `item` had the shared worker read and write (replicas started meanwhile count from zero)."
+    if SHARED not in _started or not _needs_worker(item):
+        yield
+        return
+    import time
+
+    before, t0 = _worker_tokens(), time.monotonic()
+    yield
+    after = _worker_tokens()
+    d = [sum(v[i] - before.get(k, [0, 0])[i] for k, v in after.items()) for i in (0, 1)]
+    _TOKENS.append((item.nodeid, d[0], d[1], time.monotonic() - t0))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    with _turn(item, item.config.getoption("--part")):
+    with _turn(item, item.config.getoption("--part")), _count_tokens(item):
         yield
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if _TOKENS:  # test-artifacts/worker-tokens.txt: the tests by tokens the shared worker generated for them
+        rows = sorted(_TOKENS, key=lambda r: -r[2])
+        (ROOT / "test-artifacts").mkdir(exist_ok=True)
+        (ROOT / "test-artifacts" / "worker-tokens.txt").write_text(
+            f"{'generated':>9} {'prompt':>9} {'seconds':>8}  test (the shared worker's tokens)\n" +
+            "".join(f"{g:9.0f} {p:9.0f} {t:8.1f}  {n}\n" for n, p, g, t in rows) +
+            f"{sum(r[2] for r in rows):9.0f} {sum(r[1] for r in rows):9.0f} {sum(r[3] for r in rows):8.1f}  all\n")
     if _started:  # the test registry is ours alone: stop whatever a failed test left in it too
         from notelab.workers import stop_all
 
