@@ -103,6 +103,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                              "(0: none)", _at_least(0)),
         "ef": Key("int", "0", "indexed HNSW search: candidates kept while walking each partition's graph (0: LanceDB's "
                   "default; recall rises with it)", _at_least(0)),
+        "lab_prewarm": Key("bool", "true", "the lab loads a knowledge base's indices into memory after its first "
+                           "search there, in the background (~450 MB per million chunks)"),
     },
     "cluster": {
         "namespace": Key("str", "notelab", "Kubernetes namespace for workers and jobs"),
