@@ -88,8 +88,8 @@ def test_chapters_that_need_no_worker():
     check_part("light", {k: v for k, v in os.environ.items() if k != "NOTELAB_TEST_WORKER"})
 
 
-def test_a_chapter_that_leaves_a_process_fails_and_the_process_is_killed(tmp_path):
-    "A chapter whose child outlives it (one still holding the output, as a hung child would) is named, not waited on."
+def test_a_process_a_chapter_leaves_is_named_and_killed_not_waited_on(tmp_path):
+    "A chapter's child that outlives it (holding the output open, as a hung child would): the part fails naming it."
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "import subprocess, sys\nkid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'])")])
     nbformat.write(nb, tmp_path / "leaves.ipynb")

@@ -206,7 +206,10 @@ class Knowledge:
         with self.lock:
             if key in self.warm or not settings().rag.lab_prewarm:
                 return
-            self.warm[key] = self.executor.submit(self._load, kb)
+            try:
+                self.warm[key] = self.executor.submit(self._load, kb)
+            except RuntimeError:  # the lab is stopping: the search is answered, nothing is loaded
+                pass
 
     @staticmethod
     def _load(kb) -> int:
