@@ -108,11 +108,14 @@ demo:
 	  $(NL) worker down demo; exit $$rc
 
 # Two parts at once (see tests/conftest.py): the tests that start no vLLM process run beside the others, in a
-# data folder of their own; a test that starts vLLM processes runs alone. The light part's report follows.
+# data folder of their own; a test that starts vLLM processes runs alone. The light part's report follows, and
+# what it had printed so far when the run is stopped (a CI limit once stopped it with nothing to show of it).
 test:
 	@$(PREPARE) setup browser $(JAI_STAMP) model
 	@mkdir -p test-artifacts
-	@NOTELAB_LAB_DATA_DIR=$(CURDIR)/.notelab-test-light $(PY) -m pytest tests --part light -v -rs --durations=10 \
+	@trap 'echo; echo "=== stopped: the light part so far (test-artifacts/light.log) ==="; \
+	  tail -n 80 test-artifacts/light.log; exit 143' TERM INT; \
+	NOTELAB_LAB_DATA_DIR=$(CURDIR)/.notelab-test-light $(PY) -m pytest tests --part light -v -rs --durations=10 \
 	  > test-artifacts/light.log 2>&1 & light=$$!; \
 	$(PY) -m pytest tests nbs/examples nbs/experiments --part heavy --nbval-lax --nbval-current-env -v -rs \
 	  --durations=15; heavy=$$?; \
